@@ -1,0 +1,53 @@
+# container-agent: `make run`, `make test`, `make bench`. Everything runs from .venv.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ENGINE_DIR ?= /tmp/container-agent-engine
+export CA_ENGINE_DIR := $(ENGINE_DIR)
+
+.PHONY: run test unit integration bench lint docs engine engine-stop helm clean
+
+$(BIN)/container-agent: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/container-agent
+
+run: venv
+	mkdir -p var
+	$(BIN)/container-agent run $(if $(CONFIG),--config $(CONFIG))
+
+engine:
+	scripts/test-engine.sh start "$(ENGINE_DIR)"
+
+engine-stop:
+	scripts/test-engine.sh stop "$(ENGINE_DIR)"
+
+helm:
+	scripts/install-helm.sh
+
+# The whole suite: unit tests, then integration tests against the private test engine.
+test: venv engine helm
+	$(BIN)/ruff check agent exporters tests bench
+	CA_TEST_DOCKER_HOST=$$(scripts/test-engine.sh host "$(ENGINE_DIR)") \
+	  $(BIN)/pytest -q -p no:cacheprovider tests
+
+unit: venv
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+bench: venv engine
+	CA_TEST_DOCKER_HOST=$$(scripts/test-engine.sh host "$(ENGINE_DIR)") \
+	  $(BIN)/python -m bench.run_all
+
+lint: venv
+	$(BIN)/ruff check agent exporters tests bench
+
+# Regenerates the config reference in README.md from agent/config.py.
+docs: venv
+	$(BIN)/python scripts/update-readme-reference.py
+
+clean:
+	rm -rf $(VENV) .tools var

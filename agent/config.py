@@ -1,0 +1,255 @@
+"""The one declaration of every option: type, default and doc.
+
+Validation (``load``), ``container-agent check-config`` and the README's config reference
+(``reference_markdown``) all come from these models; nothing reads options by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+
+import exporters
+from agent.docker import DEFAULT_HOST
+from agent.filters import ContainerFilter
+from agent.section import Section
+from exporters.base import REGISTRY, ExporterConfig
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message names the file, key or path."""
+
+
+def _default_host() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+
+
+class EngineConfig(Section):
+    host: str = Field(
+        default_factory=_default_host,
+        description="Engine address (`unix://…` or `tcp://…`); default `$DOCKER_HOST`, else "
+        f"`{DEFAULT_HOST}`.",
+    )
+    reconnect_min_seconds: float = Field(
+        0.5, gt=0, description="First back-off before reconnecting to a lost engine."
+    )
+    reconnect_max_seconds: float = Field(
+        30.0, gt=0, description="Cap of the back-off (full jitter) between reconnect attempts."
+    )
+
+
+class LogsConfig(Section):
+    max_message_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Longest message kept in one record; longer lines are cut and marked "
+        "`truncated`.",
+    )
+
+
+class AgentConfig(Section):
+    hostname: str | None = Field(
+        default_factory=lambda: os.environ.get("CONTAINER_AGENT_HOSTNAME") or None,
+        description="The `host` field of every record; default `$CONTAINER_AGENT_HOSTNAME`, "
+        "else the engine's host name.",
+    )
+    shutdown_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long SIGTERM/SIGINT waits for the exporters to drain."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Level of the agent's own log."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="The agent's own log: JSON, or console when stderr is a terminal."
+    )
+
+
+def _exporter_union() -> Any:
+    """A union of every registered exporter's config, told apart by `type`."""
+    exporters.load_all()
+    classes = tuple(cls.config_class for cls in REGISTRY.values())
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[classes], Field(discriminator="type")]  # noqa: UP007
+
+
+def _default_exporters() -> dict[str, Any]:
+    return {"records": {"type": "file", "path": "./var/records.ndjson"}}
+
+
+class Config(Section):
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="The Docker engine.")
+    agent: AgentConfig = Field(default_factory=AgentConfig, description="The agent itself.")
+    logs: LogsConfig = Field(default_factory=LogsConfig, description="Log reading.")
+    containers: ContainerFilter = Field(
+        default_factory=ContainerFilter,
+        description="Which containers are followed at all (logs and events).",
+    )
+    exporters: dict[str, ExporterConfig] = Field(
+        default_factory=_default_exporters,
+        description="Exporters by a name of your choosing (it labels their metrics).",
+    )
+
+    @field_validator("exporters", mode="before")
+    @classmethod
+    def _typed_exporters(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value  # the declared type reports the error
+        adapter = TypeAdapter(_exporter_union())
+        out = {}
+        errors = []
+        for name, item in value.items():
+            if not isinstance(item, dict) or "type" not in item:
+                errors.append(f"exporters.{name}.type: required (one of {_type_names()})")
+                continue
+            if item["type"] not in REGISTRY:
+                errors.append(
+                    f"exporters.{name}.type: unknown exporter type {item['type']!r} "
+                    f"(known: {_type_names()})"
+                )
+                continue
+            try:
+                out[name] = adapter.validate_python(item)
+            except ValidationError as exc:
+                errors.extend(_format_errors(exc, prefix=f"exporters.{name}"))
+        if errors:
+            raise ValueError("; ".join(errors))
+        if not out:
+            raise ValueError("at least one exporter is needed")
+        return out
+
+
+def _type_names() -> str:
+    return ", ".join(sorted(REGISTRY))
+
+
+def _format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        # Drop the discriminator's tag from the location: users never wrote it.
+        parts = [p for p in loc.split(".") if p not in REGISTRY]
+        key = ".".join(x for x in [prefix, *parts] if x)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            if key == "exporters":  # the exporters validator names its keys itself
+                out.append(msg)
+                continue
+        out.append(f"{key}: {msg}" if key else msg)
+    return out
+
+
+def parse(data: Any, source: str = "<config>") -> Config:
+    """Validates a decoded YAML document; raises ConfigError naming each bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, not {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_format_errors(exc))) from None
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Reads and validates the config file; ``None`` means built-in defaults."""
+    if path is None:
+        return parse({}, "<defaults>")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{p}: cannot read the config file: {reason}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}{where}: YAML syntax error: {problem}") from None
+    return parse(data, str(p))
+
+
+# -- the README's config reference ----------------------------------------------------------
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return " \\| ".join(_type_name(a) for a in args) + (
+            " \\| null" if type(None) in typing.get_args(annotation) else ""
+        )
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(annotation)[0])}"
+    if origin is dict:
+        return "mapping"
+    if isinstance(annotation, type):
+        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
+            annotation.__name__, annotation.__name__
+        )
+    return str(annotation)
+
+
+def _default_text(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    if info.default_factory is not None:
+        if info.default_factory in (list, dict):
+            return "`[]`" if info.default_factory is list else "`{}`"
+        return "see doc"
+    if info.default is None:
+        return "null"
+    return f"`{info.default}`"
+
+
+def _rows(model: type[BaseModel], prefix: str, skip: set[str] = frozenset()) -> list[str]:
+    rows = []
+    for name, info in model.model_fields.items():
+        if name in skip:
+            continue
+        key = f"{prefix}{name}"
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.append(f"| `{key}` | section | | {info.description or ''} |")
+            rows.extend(_rows(ann, key + "."))
+            continue
+        rows.append(
+            f"| `{key}` | {_type_name(ann)} | {_default_text(info)} | {info.description or ''} |"
+        )
+    return rows
+
+
+def reference_markdown() -> str:
+    """The config reference table, generated from the models (kept in the README)."""
+    exporters.load_all()
+    head = ["| key | type | default | doc |", "|---|---|---|---|"]
+    lines = ["### Top level", "", *head]
+    lines += _rows(Config, "", skip={"exporters"})
+    lines += [
+        "| `exporters` | mapping | `records: {type: file, path: ./var/records.ndjson}` | "
+        f"{Config.model_fields['exporters'].description} |",
+        "",
+        "### Every exporter",
+        "",
+        *head,
+        *_rows(ExporterConfig, "exporters.NAME."),
+    ]
+    shared = set(ExporterConfig.model_fields) - {"type"}
+    for type_name, cls in sorted(REGISTRY.items()):
+        lines += ["", f"### `type: {type_name}`", "", *head]
+        lines += _rows(cls.config_class, "exporters.NAME.", skip=shared | {"type"})
+    return "\n".join(lines) + "\n"

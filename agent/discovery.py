@@ -1,0 +1,139 @@
+"""Finds containers and follows the engine's event stream, reconnecting when it goes away.
+
+On (re)connect: read the engine's clock, list containers and follow them, then stream
+events from that clock on (the engine replays what happened in between, so no start is
+missed; replays already seen are skipped). Each container event also becomes a record.
+When the stream ends or fails the engine is gone: log it once, back off with jitter, retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from agent.docker import Engine, EngineError
+from agent.filters import ContainerFilter
+from agent.logs import LogFollowers
+from agent.record import ContainerMeta, Record, format_timestamp_ns, timestamp_to_unix
+from agent.retry import Backoff
+
+log = structlog.get_logger("agent.discovery")
+
+# Actions whose event carries a detail after ": " ("health_status: healthy", "exec_start: sh").
+_DETAIL_KEYS = {"health_status": "health_status"}
+
+
+class Discovery:
+    def __init__(
+        self,
+        engine: Engine,
+        followers: LogFollowers,
+        send: Callable[[list[Record]], Awaitable[None]],
+        containers: ContainerFilter,
+        backoff: Backoff,
+        host: str,
+    ) -> None:
+        self.engine = engine
+        self.followers = followers
+        self.send = send
+        self.containers = containers
+        self.backoff = backoff
+        self.host = host
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self.events_seen = 0
+        self.last_error = ""
+        self._last_event_ns = 0
+        self._seen_at_last: set[tuple[str, str]] = set()
+
+    async def run(self, first: dict[str, Any] | None = None) -> None:
+        """Runs until cancelled. ``first`` is the ``/info`` answer the runtime already got."""
+        attempt = 0
+        lost_at: float | None = None
+        while True:
+            try:
+                info = first if first is not None else await self.engine.info()
+                first = None
+                await self._connect(info, initial=lost_at is None and self.reconnects == 0)
+                if lost_at is not None:
+                    self.reconnects += 1
+                    log.info(
+                        "engine_reconnected",
+                        host=self.engine.host,
+                        down_seconds=round(time.monotonic() - lost_at, 2),
+                        containers=self.followers.followed,
+                    )
+                    lost_at = None
+                attempt = 0
+                await self._events()
+                raise EngineError("event stream ended")
+            except EngineError as exc:
+                self.connected.clear()
+                self.last_error = str(exc)
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    log.warning("engine_lost", host=self.engine.host, error=str(exc))
+                delay = self.backoff.delay(attempt)
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _connect(self, info: dict[str, Any], initial: bool) -> None:
+        if not self._last_event_ns:
+            since = info.get("SystemTime")
+            self._since = timestamp_to_unix(since) if since else f"{time.time():.9f}"
+        else:
+            seconds, frac = divmod(self._last_event_ns, 1_000_000_000)
+            self._since = f"{seconds}.{frac:09d}"
+        # After an outage, also read to their end the containers that stopped meanwhile.
+        listed = await self.engine.list_containers(all=not initial)
+        existing = {c["Id"] for c in listed}
+        for c in listed:
+            if c.get("State") == "running" or c["Id"] in self.followers.positions:
+                self.followers.follow(ContainerMeta.from_list(c, self.host))
+        if not initial:
+            self.followers.prune(existing)
+        self.connected.set()
+
+    async def _events(self) -> None:
+        async for event in self.engine.events(since=self._since, filters={"type": ["container"]}):
+            await self._handle(event)
+
+    async def _handle(self, event: dict[str, Any]) -> None:
+        time_ns = int(event.get("timeNano") or int(event.get("time", 0)) * 1_000_000_000)
+        actor = event.get("Actor") or {}
+        cid = actor.get("ID") or event.get("id") or ""
+        raw_action = event.get("Action") or event.get("status") or ""
+        key = (cid, raw_action)
+        # Replays after a reconnect: skip what was handled already.
+        if time_ns < self._last_event_ns:
+            return
+        if time_ns == self._last_event_ns:
+            if key in self._seen_at_last:
+                return
+            self._seen_at_last.add(key)
+        else:
+            self._last_event_ns = time_ns
+            self._seen_at_last = {key}
+        self.events_seen += 1
+
+        action, _, detail = raw_action.partition(": ")
+        attributes = dict(actor.get("Attributes") or {})
+        if detail:
+            attributes[_DETAIL_KEYS.get(action, "detail")] = detail
+
+        meta = self.followers.metas.get(cid)
+        if meta is None or action == "rename":
+            meta = ContainerMeta.from_event(actor, self.host)
+            if action == "rename":
+                self.followers.rename(cid, meta)
+        if action == "start":
+            self.followers.follow(meta)
+        elif action == "destroy":
+            self.followers.forget(cid)
+        if not self.containers.accepts(meta):
+            return
+        await self.send([Record.event(format_timestamp_ns(time_ns), meta, action, attributes)])

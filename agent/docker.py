@@ -1,0 +1,137 @@
+"""The one wrapper around aiodocker: every Engine API call the agent makes goes through here.
+
+aiodocker's log and stats helpers changed shape between versions, and its log iterator
+drops the stdout/stderr distinction and decodes frame by frame; so the streaming calls use
+its session for the raw HTTP response and leave the decoding to us. The aiodocker version
+is pinned in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiodocker
+import aiohttp
+import orjson
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+# Long-lived streams (logs, events) must not time out while idle.
+_STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
+_CALL_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
+
+
+class EngineError(Exception):
+    """The engine cannot be reached or answered a call with an error."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(EngineError):
+    """The container (or other object) does not exist (anymore)."""
+
+
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+def _translate(exc: BaseException, what: str) -> EngineError:
+    if isinstance(exc, aiodocker.DockerError):
+        # 409 on logs: "dead or marked for removal", i.e. gone for our purposes.
+        cls = NotFound if exc.status in (404, 409) else EngineError
+        return cls(f"{what}: {exc.status} {exc.message}", exc.status)
+    return EngineError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class Engine:
+    """A client of one Docker engine, shared by discovery and every reader."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker(url=self.host)
+        return self._docker
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            with contextlib.suppress(*_TRANSPORT_ERRORS, aiodocker.DockerError):
+                await self._docker.close()
+            self._docker = None
+
+    async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        try:
+            async with self.docker._query(path, params=params, timeout=_CALL_TIMEOUT) as resp:
+                return orjson.loads(await resp.read())
+        except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
+            raise _translate(exc, f"GET /{path}") from exc
+
+    async def version(self) -> dict[str, Any]:
+        """``GET /version``; also fixes the API version used for every later call."""
+        try:
+            async with self.docker._query(
+                "version", versioned_api=False, timeout=_CALL_TIMEOUT
+            ) as resp:
+                return orjson.loads(await resp.read())
+        except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
+            raise _translate(exc, "GET /version") from exc
+
+    async def info(self) -> dict[str, Any]:
+        return await self._get("info")
+
+    async def list_containers(self, all: bool = False) -> list[dict[str, Any]]:
+        return await self._get("containers/json", {"all": "1" if all else "0"})
+
+    async def inspect(self, container_id: str) -> dict[str, Any]:
+        return await self._get(f"containers/{container_id}/json")
+
+    @contextlib.asynccontextmanager
+    async def logs(
+        self, container_id: str, since: str | None = None, follow: bool = True
+    ) -> AsyncIterator[aiohttp.StreamReader]:
+        """The raw logs stream of one container, with timestamps, both streams."""
+        params = {"stdout": "1", "stderr": "1", "timestamps": "1", "follow": "1" if follow else "0"}
+        if since:
+            params["since"] = since
+        try:
+            cm = self.docker._query(
+                f"containers/{container_id}/logs", params=params, timeout=_STREAM_TIMEOUT
+            )
+            resp = await cm.__aenter__()
+        except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
+            raise _translate(exc, f"GET /containers/{container_id[:12]}/logs") from exc
+        try:
+            yield resp.content
+        finally:
+            # Close rather than release: a followed stream never ends on its own.
+            resp.close()
+            with contextlib.suppress(*_TRANSPORT_ERRORS, aiodocker.DockerError):
+                await cm.__aexit__(None, None, None)
+
+    async def events(
+        self, since: str | None = None, filters: Mapping[str, list[str]] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Decoded ``GET /events`` messages until the engine ends the stream."""
+        params: dict[str, str] = {}
+        if since:
+            params["since"] = since
+        if filters:
+            params["filters"] = orjson.dumps(filters).decode()
+        try:
+            async with self.docker._query("events", params=params, timeout=_STREAM_TIMEOUT) as resp:
+                buf = b""
+                async for chunk in resp.content.iter_any():
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield orjson.loads(line)
+        except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
+            raise _translate(exc, "GET /events") from exc

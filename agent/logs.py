@@ -1,0 +1,244 @@
+"""Per-container log readers and the sources they read from.
+
+A ``LogSource`` reads one container's output into record batches until the stream ends.
+``ApiLogSource`` uses the engine's logs API; a later source tails the json-file driver's
+files from disk and produces identical records. ``LogFollowers`` owns one reader task per
+followed container and each container's delivered position, so that a reader that is
+restarted (engine reconnect, container restart) resumes where it left off.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from agent.docker import Engine, EngineError, NotFound
+from agent.filters import ContainerFilter
+from agent.logstream import LogDecoder, Position, advance
+from agent.record import ContainerMeta, Record, timestamp_to_unix
+
+log = structlog.get_logger("agent.logs")
+
+Emit = Callable[[list[Record]], Awaitable[None]]
+
+
+class StreamEnd(enum.Enum):
+    STOPPED = "stopped"  # the container's output ended for good
+    REOPEN = "reopen"  # the stream ended but the container runs: read again from the position
+
+
+class LogSource(abc.ABC):
+    """Reads one container's logs from a position. One call reads one stream to its end."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def read(
+        self, reader: ContainerReader, positions: dict[str, Position], emit: Emit
+    ) -> StreamEnd:
+        """Emits batches of records after ``positions`` until the stream ends.
+
+        Raises ``NotFound`` when the container is gone and ``EngineError`` when the engine
+        cannot be reached; ``positions`` must be advanced only through ``emit``.
+        """
+
+
+class ApiLogSource(LogSource):
+    """``GET /containers/{id}/logs?follow=1&timestamps=1`` decoded by ``LogDecoder``."""
+
+    name = "api"
+
+    def __init__(self, engine: Engine, max_message_bytes: int) -> None:
+        self.engine = engine
+        self.max_message_bytes = max_message_bytes
+
+    async def read(
+        self, reader: ContainerReader, positions: dict[str, Position], emit: Emit
+    ) -> StreamEnd:
+        decoder = LogDecoder(reader.meta, self.max_message_bytes, resume=positions)
+        reader.decoder = decoder
+        since = min((p.timestamp for p in positions.values()), default=None)
+        async with self.engine.logs(
+            reader.meta.id, since=timestamp_to_unix(since) if since else None
+        ) as stream:
+            try:
+                while True:
+                    chunk = await stream.readany()
+                    if not chunk:
+                        break
+                    batch = decoder.feed(chunk)
+                    if batch:
+                        await emit(batch)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                raise EngineError(f"log stream of {reader.meta.name}: {exc}") from exc
+            except Exception as exc:
+                # aiohttp's payload errors when the engine goes away mid-stream.
+                if type(exc).__module__.startswith("aiohttp"):
+                    raise EngineError(f"log stream of {reader.meta.name}: {exc}") from exc
+                raise
+        # The engine ends a followed stream when the container stops, or when it restarts.
+        try:
+            info = await self.engine.inspect(reader.meta.id)
+            running = bool((info.get("State") or {}).get("Running"))
+        except NotFound:
+            running = False
+        if running:
+            return StreamEnd.REOPEN
+        tail = decoder.finish()
+        if tail:
+            await emit(tail)
+        return StreamEnd.STOPPED
+
+
+class ContainerReader:
+    """Reads one container's logs until its output ends, re-reading when asked."""
+
+    def __init__(
+        self,
+        meta: ContainerMeta,
+        source: LogSource,
+        followers: LogFollowers,
+    ) -> None:
+        self.meta = meta
+        self.source = source
+        self.followers = followers
+        self.decoder: LogDecoder | None = None
+        self.rerun = False  # a start event arrived while this reader was finishing
+        self.lines = 0
+        self.bytes = 0
+        self.last_timestamp: str | None = None
+
+    def set_meta(self, meta: ContainerMeta) -> None:
+        self.meta = meta
+        if self.decoder is not None:
+            self.decoder.meta = meta
+
+    async def _emit(self, batch: list[Record]) -> None:
+        await self.followers.pipeline_send(batch)
+        # Past this point the batch is queued: advance the resume position.
+        advance(self.followers.positions.setdefault(self.meta.id, {}), batch)
+        self.lines += len(batch)
+        self.last_timestamp = batch[-1].timestamp
+
+    async def run(self) -> None:
+        positions = self.followers.positions.setdefault(self.meta.id, {})
+        attempt = 0
+        while True:
+            self.rerun = False
+            try:
+                end = await self.source.read(self, positions, self._emit)
+                attempt = 0
+            except NotFound as exc:
+                # An auto-removed container that exits before its logs are asked for is
+                # refused by the engine (409): say so, since its lines are lost.
+                event = "container_gone" if self.lines else "container_logs_unavailable"
+                log.info(event, container=self.meta.name, id=self.meta.id[:12], error=str(exc))
+                return
+            except EngineError as exc:
+                # Discovery notices the lost engine and follows the container again once
+                # it reconnects; a reader on its own only retries a few times.
+                attempt += 1
+                if attempt > 3:
+                    log.warning("log_stream_failed", container=self.meta.name, error=str(exc))
+                    return
+                await asyncio.sleep(self.followers.backoff_delay(attempt))
+                continue
+            if end is StreamEnd.STOPPED and not self.rerun:
+                log.debug("log_stream_ended", container=self.meta.name, lines=self.lines)
+                return
+
+
+class LogFollowers:
+    """Owns every container reader task and every container's delivered position."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        source: LogSource,
+        pipeline_send: Emit,
+        containers: ContainerFilter,
+        host: str,
+        backoff_delay: Callable[[int], float],
+    ) -> None:
+        self.engine = engine
+        self.source = source
+        self.pipeline_send = pipeline_send
+        self.containers = containers
+        self.host = host
+        self.backoff_delay = backoff_delay
+        self.positions: dict[str, dict[str, Position]] = {}
+        self.metas: dict[str, ContainerMeta] = {}
+        self.readers: dict[str, ContainerReader] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._destroyed: set[str] = set()
+        self.closed = False
+
+    @property
+    def followed(self) -> int:
+        return len(self._tasks)
+
+    def follow(self, meta: ContainerMeta) -> None:
+        """Starts reading a container unless it is being read already; never blocks.
+
+        No inspect first: the metadata comes from the listing or the start event, and the
+        stream's framing tells TTY apart, so that a short-lived container's logs are asked
+        for as early as possible (an auto-removed container's logs vanish soon after exit).
+        """
+        if self.closed:
+            return
+        cid = meta.id
+        self.metas.setdefault(cid, meta)
+        reader = self.readers.get(cid)
+        if reader is not None:
+            reader.rerun = True
+            return
+        if not self.containers.accepts(meta):
+            log.debug("container_excluded", container=meta.name)
+            return
+        reader = ContainerReader(self.metas[cid], self.source, self)
+        self.readers[cid] = reader
+        task = asyncio.create_task(reader.run(), name=f"logs:{meta.name}")
+        self._tasks[cid] = task
+        task.add_done_callback(lambda t, cid=cid: self._done(cid, t))
+        log.info("container_followed", container=meta.name, id=cid[:12], source=self.source.name)
+
+    def _done(self, container_id: str, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(container_id, None)
+        self.readers.pop(container_id, None)
+        if container_id in self._destroyed:
+            self._destroyed.discard(container_id)
+            self.forget(container_id)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("log_reader_crashed", id=container_id[:12], error=repr(task.exception()))
+
+    def rename(self, container_id: str, meta: ContainerMeta) -> None:
+        self.metas[container_id] = meta
+        reader = self.readers.get(container_id)
+        if reader is not None:
+            reader.set_meta(meta)
+
+    def forget(self, container_id: str) -> None:
+        """The container was destroyed: drop its position once its reader is done."""
+        if container_id in self._tasks:
+            self._destroyed.add(container_id)
+            return
+        self.positions.pop(container_id, None)
+        self.metas.pop(container_id, None)
+
+    def prune(self, existing: set[str]) -> None:
+        for cid in list(self.positions):
+            if cid not in existing and cid not in self._tasks:
+                self.positions.pop(cid, None)
+                self.metas.pop(cid, None)
+
+    async def close(self) -> None:
+        """Stops every reader; batches they had read are still queued (see RecordQueue)."""
+        self.closed = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,262 @@
+"""Turns the bytes of the engine's logs API into log records.
+
+The engine answers ``GET /containers/{id}/logs?timestamps=1`` with either
+
+* frames (non-TTY containers): an 8-byte header ``[stream, 0, 0, 0, size(4, big endian)]``
+  followed by ``size`` bytes holding one log message ``"<RFC3339Nano> <text>"``, or
+* one raw stream (TTY containers): ``"<RFC3339Nano> <text>\\n"`` lines, stream unknown.
+
+A line longer than 16 KiB reaches the json-file driver as several partial messages that
+share one timestamp; only the last ends with ``\\n``. The decoder joins them into one record,
+caps a record's message at ``max_bytes`` (marking it truncated) and skips what was delivered
+before a reconnect (the API's ``since`` is inclusive).
+
+The hot path is one pass over a chunk with no per-line await: whole chunks in, a list of
+records out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.record import ContainerMeta, Record
+
+HEADER = 8
+PARTIAL_SIZE = 16 * 1024  # the engine's copier splits lines at this size
+_STREAMS = ("stdout", "stdout", "stderr")  # 0 = stdin never appears in logs; treat as stdout
+
+
+@dataclass
+class Position:
+    """How far one stream has been delivered: the last line's timestamp and how many lines
+    carried exactly that timestamp (several lines can share one)."""
+
+    timestamp: str
+    count: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"timestamp": self.timestamp, "count": self.count}
+
+
+class _Pending:
+    __slots__ = ("length", "parts", "timestamp", "truncated")
+
+    def __init__(self, timestamp: str) -> None:
+        self.timestamp = timestamp
+        self.parts: list[bytes] = []
+        self.length = 0
+        self.truncated = False
+
+
+def _cut(data: bytes, limit: int) -> bytes:
+    """``data[:limit]`` without splitting a UTF-8 sequence."""
+    if len(data) <= limit:
+        return data
+    end = limit
+    # Back up over continuation bytes (0b10xxxxxx) so that the cut lands on a boundary.
+    while end > 0 and (data[end] & 0xC0) == 0x80:
+        end -= 1
+    return data[:end]
+
+
+class LogDecoder:
+    """Stateful decoder of one container's log stream; one instance per open stream.
+
+    ``resume`` holds, per stream, the position already delivered: lines at or before it are
+    dropped, so that reopening a stream with ``since=<position>`` emits nothing twice.
+    """
+
+    def __init__(
+        self,
+        meta: ContainerMeta,
+        max_bytes: int,
+        resume: dict[str, Position] | None = None,
+    ) -> None:
+        self.meta = meta
+        self.max_bytes = max_bytes
+        self.tty = meta.tty  # None: told from the stream's first bytes
+        self._buf = b""
+        self._pending: dict[str, _Pending] = {}
+        self._resume = {k: Position(v.timestamp, v.count) for k, v in (resume or {}).items()}
+        self.skipped = 0  # lines dropped because they were delivered before a reconnect
+        self.truncated = 0  # records whose message was cut at max_bytes
+        self.malformed = 0  # frames without a timestamp (never expected from the engine)
+
+    # -- public -------------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> list[Record]:
+        """Decodes whatever complete messages ``chunk`` (plus earlier leftovers) holds."""
+        buf = self._buf + chunk if self._buf else chunk
+        out: list[Record] = []
+        if self.tty is None:
+            if len(buf) < 4:
+                self._buf = buf
+                return out
+            # A framed stream starts with a header [0|1|2, 0, 0, 0]; a raw one with a digit.
+            self.tty = not (buf[0] < 3 and buf[1:4] == b"\0\0\0")
+        consumed = self._feed_tty(buf, out) if self.tty else self._feed_frames(buf, out)
+        self._buf = buf[consumed:]
+        return out
+
+    def finish(self) -> list[Record]:
+        """Emits partial lines still pending at the end of a container's output.
+
+        A container that stops in the middle of a line leaves a last partial message with
+        no newline; it is a line of its own. Call only when the stream ended for good.
+        """
+        out: list[Record] = []
+        if self.tty is not False and self._buf:
+            self._tty_line(self._buf, out)
+        self._buf = b""
+        for stream in list(self._pending):
+            pending = self._pending.pop(stream)
+            self._emit(stream, pending.timestamp, b"".join(pending.parts), pending.truncated, out)
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the rest of a frame or line."""
+        return len(self._buf) + sum(p.length for p in self._pending.values())
+
+    # -- framed (non-TTY) streams --------------------------------------------------------
+
+    def _feed_frames(self, buf: bytes, out: list[Record]) -> int:
+        n = len(buf)
+        pos = 0
+        meta = self.meta
+        limit = self.max_bytes
+        pending = self._pending
+        resume = self._resume
+        append = out.append
+        while pos + HEADER <= n:
+            start = pos + HEADER
+            end = start + int.from_bytes(buf[pos + 4 : start], "big")
+            if end > n:
+                break
+            stream = _STREAMS[buf[pos]] if buf[pos] < 3 else "stdout"
+            pos = end
+            if end == start:
+                continue
+            sp = buf.find(b" ", start, end)
+            if sp < 0:
+                self.malformed += 1
+                continue
+            complete = buf[end - 1] == 10  # b"\n"
+            if complete and not pending and not resume and end - 1 - sp - 1 <= limit:
+                # Fast path: one whole line, nothing to join, cut or skip.
+                append(
+                    Record(
+                        "log",
+                        buf[start:sp].decode("ascii", "replace"),
+                        meta,
+                        stream,
+                        buf[sp + 1 : end - 1].decode("utf-8", "replace"),
+                    )
+                )
+                continue
+            ts = buf[start:sp].decode("ascii", "replace")
+            body = buf[sp + 1 : end - 1] if complete else buf[sp + 1 : end]
+            self._piece(stream, ts, body, complete, out)
+        return pos
+
+    # -- raw (TTY) streams ---------------------------------------------------------------
+
+    def _feed_tty(self, buf: bytes, out: list[Record]) -> int:
+        pos = 0
+        while True:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                return pos
+            self._tty_line(buf[pos:nl], out)
+            pos = nl + 1
+
+    def _tty_line(self, line: bytes, out: list[Record]) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        sp = line.find(b" ")
+        if sp < 0:
+            self.malformed += 1
+            return
+        ts_bytes = line[:sp]
+        body = line[sp + 1 :]
+        if len(body) > PARTIAL_SIZE:
+            # Partial messages of a long line run together in the raw stream, each after
+            # the same "<timestamp> " prefix: cut those prefixes out at each 16 KiB mark.
+            marker = ts_bytes + b" "
+            parts = []
+            while len(body) > PARTIAL_SIZE and body.startswith(marker, PARTIAL_SIZE):
+                parts.append(body[:PARTIAL_SIZE])
+                body = body[PARTIAL_SIZE + len(marker) :]
+            parts.append(body)
+            body = b"".join(parts)
+        self._piece("stdout", ts_bytes.decode("ascii", "replace"), body, True, out)
+
+    # -- shared slow path ----------------------------------------------------------------
+
+    def _piece(self, stream: str, ts: str, body: bytes, complete: bool, out: list[Record]) -> None:
+        """Adds one message (whole line or partial) of ``stream``; emits finished lines."""
+        pending = self._pending.get(stream)
+        if pending is None:
+            if complete:
+                truncated = len(body) > self.max_bytes
+                self._emit(
+                    stream, ts, _cut(body, self.max_bytes) if truncated else body, truncated, out
+                )
+                return
+            pending = self._pending[stream] = _Pending(ts)
+        room = self.max_bytes - pending.length
+        if len(body) > room:
+            body = _cut(body, room) if room > 0 else b""
+            pending.truncated = True
+        if body:
+            pending.parts.append(body)
+            pending.length += len(body)
+        if complete:
+            del self._pending[stream]
+            self._emit(stream, pending.timestamp, b"".join(pending.parts), pending.truncated, out)
+
+    def _emit(self, stream: str, ts: str, body: bytes, truncated: bool, out: list[Record]) -> None:
+        resume = self._resume.get(stream)
+        if resume is not None:
+            if ts < resume.timestamp:
+                self.skipped += 1
+                return
+            if ts == resume.timestamp and resume.count > 0:
+                resume.count -= 1
+                self.skipped += 1
+                return
+            if ts > resume.timestamp:
+                del self._resume[stream]
+        if truncated:
+            self.truncated += 1
+        out.append(Record("log", ts, self.meta, stream, body.decode("utf-8", "replace"), truncated))
+
+
+def advance(positions: dict[str, Position], records: list[Record]) -> None:
+    """Moves each stream's position to the end of ``records`` (delivered in this order)."""
+    seen: set[str] = set()
+    for i in range(len(records) - 1, -1, -1):
+        rec = records[i]
+        stream = rec.stream
+        if stream is None or stream in seen:
+            continue
+        seen.add(stream)
+        ts = rec.timestamp
+        count = 0
+        j = i
+        while j >= 0:
+            other = records[j]
+            if other.stream == stream:
+                if other.timestamp != ts:
+                    break
+                count += 1
+            j -= 1
+        if j < 0:
+            # Every line of this stream in the batch shares the timestamp: continue the
+            # count of the previous batch when it ended on the same timestamp.
+            prev = positions.get(stream)
+            if prev is not None and prev.timestamp == ts:
+                count += prev.count
+        positions[stream] = Position(ts, count)
+        if len(seen) == 2:
+            break

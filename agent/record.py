@@ -1,0 +1,254 @@
+"""The one record type that moves through the pipeline, and its NDJSON encoding.
+
+Records are built in batches by the sources and shared, unchanged, by every exporter.
+Container metadata is encoded once per container (``ContainerMeta.fragment``) and spliced
+into each record's JSON, so the per-line cost is one ``orjson.dumps`` of the message.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
+
+_dumps = orjson.dumps
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+
+class ContainerMeta:
+    """What every record of one container carries; immutable once built."""
+
+    __slots__ = (
+        "fragment",
+        "host",
+        "id",
+        "image",
+        "labels",
+        "name",
+        "project",
+        "service",
+        "tty",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        name: str,
+        image: str,
+        labels: Mapping[str, str] | None,
+        host: str,
+        tty: bool | None = None,
+    ) -> None:
+        self.id = id
+        self.name = name.lstrip("/")
+        self.image = image
+        self.labels: dict[str, str] = dict(labels or {})
+        self.host = host
+        self.tty = tty
+        self.project = self.labels.get(COMPOSE_PROJECT)
+        self.service = self.labels.get(COMPOSE_SERVICE)
+        # '"container_id":...,"service":...' without braces, spliced into every record.
+        self.fragment: bytes = _dumps(
+            {
+                "container_id": self.id,
+                "container_name": self.name,
+                "image": self.image,
+                "labels": self.labels,
+                "host": self.host,
+                "project": self.project,
+                "service": self.service,
+            }
+        )[1:-1]
+
+    @classmethod
+    def from_inspect(cls, info: Mapping[str, Any], host: str) -> ContainerMeta:
+        """Builds the metadata from a ``GET /containers/{id}/json`` answer."""
+        config = info.get("Config") or {}
+        return cls(
+            id=info["Id"],
+            name=info.get("Name") or "",
+            image=config.get("Image") or info.get("Image") or "",
+            labels=config.get("Labels") or {},
+            host=host,
+            tty=bool(config.get("Tty")),
+        )
+
+    @classmethod
+    def from_list(cls, item: Mapping[str, Any], host: str) -> ContainerMeta:
+        """Builds the metadata from one ``GET /containers/json`` entry (TTY unknown)."""
+        names = item.get("Names") or [""]
+        return cls(
+            id=item["Id"],
+            name=names[0],
+            image=item.get("Image") or "",
+            labels=item.get("Labels") or {},
+            host=host,
+        )
+
+    @classmethod
+    def from_event(cls, actor: Mapping[str, Any], host: str) -> ContainerMeta:
+        """Best-effort metadata for an event of a container the agent does not follow.
+
+        The engine puts the container's labels among the event's attributes, next to
+        ``name``, ``image`` and action-specific keys; those are not labels.
+        """
+        attrs = dict(actor.get("Attributes") or {})
+        name = attrs.pop("name", "")
+        image = attrs.pop("image", "")
+        for key in _EVENT_ONLY_ATTRIBUTES:
+            attrs.pop(key, None)
+        return cls(id=actor.get("ID", ""), name=name, image=image, labels=attrs, host=host)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _loads(b"{" + self.fragment + b"}")
+
+
+_EVENT_ONLY_ATTRIBUTES = (
+    "exitCode",
+    "signal",
+    "execID",
+    "health_status",
+    "oldName",
+    "container",
+)
+
+
+class Record:
+    """One log line or one container event (later: one stats sample).
+
+    ``timestamp`` is the engine's RFC 3339 stamp with nanoseconds, kept as the engine
+    wrote it: it orders records and is the resume position after a reconnect.
+    """
+
+    __slots__ = (
+        "_json",
+        "action",
+        "attributes",
+        "kind",
+        "message",
+        "meta",
+        "stream",
+        "timestamp",
+        "truncated",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        timestamp: str,
+        meta: ContainerMeta,
+        stream: str | None = None,
+        message: str | None = None,
+        truncated: bool = False,
+        action: str | None = None,
+        attributes: dict[str, str] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.timestamp = timestamp
+        self.meta = meta
+        self.stream = stream
+        self.message = message
+        self.truncated = truncated
+        self.action = action
+        self.attributes = attributes
+        self._json: bytes | None = None
+
+    @classmethod
+    def log(
+        cls, timestamp: str, meta: ContainerMeta, stream: str, message: str, truncated: bool
+    ) -> Record:
+        return cls("log", timestamp, meta, stream, message, truncated)
+
+    @classmethod
+    def event(
+        cls, timestamp: str, meta: ContainerMeta, action: str, attributes: dict[str, str]
+    ) -> Record:
+        return cls("event", timestamp, meta, action=action, attributes=attributes)
+
+    @property
+    def fields(self) -> dict[str, Any] | None:
+        """The message's fields when the message is a JSON object, else None."""
+        return _json_fields(self.message) if self.kind == "log" else None
+
+    def json(self) -> bytes:
+        """The record as one JSON object (no newline), encoded once and cached."""
+        data = self._json
+        if data is None:
+            data = self._json = self._encode()
+        return data
+
+    def _encode(self) -> bytes:
+        head = b'{"kind":"' + self.kind.encode() + b'","timestamp":"' + self.timestamp.encode()
+        head += b'",' + self.meta.fragment
+        if self.kind == "log":
+            body = b',"stream":"' + (self.stream or "stdout").encode() + b'","message":'
+            body += _dumps(self.message)
+            if self.truncated:
+                body += b',"truncated":true'
+            fields = _json_fields(self.message)
+            if fields is not None:
+                body += b',"fields":' + _dumps(fields)
+            return head + body + b"}"
+        return (
+            head
+            + b',"action":'
+            + _dumps(self.action)
+            + b',"attributes":'
+            + _dumps(self.attributes or {})
+            + b"}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return _loads(self.json())
+
+    def __repr__(self) -> str:
+        return f"Record({self.json().decode()})"
+
+
+def _json_fields(message: str | None) -> dict[str, Any] | None:
+    # Cheap test first: most lines are not JSON, and a failed parse costs more than this.
+    if not message or message[0] != "{" or message[-1] != "}":
+        return None
+    try:
+        value = _loads(message)
+    except _JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def encode_ndjson(records: Iterable[Record]) -> bytes:
+    """One JSON object per line, newline-terminated: the file exporter's format."""
+    parts = [r.json() for r in records]
+    if not parts:
+        return b""
+    parts.append(b"")
+    return b"\n".join(parts)
+
+
+def format_timestamp_ns(ns: int) -> str:
+    """RFC 3339 UTC with nine fractional digits, the way the engine stamps log lines."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:09d}Z"
+
+
+def timestamp_to_unix(ts: str) -> str:
+    """The engine's RFC 3339 stamp as ``seconds.nanoseconds``, the form ``since`` takes."""
+    base, _, rest = ts.partition(".")
+    if not rest:  # no fraction: "2024-01-01T00:00:00Z"
+        base = base.rstrip("Z")
+        rest = "Z"
+    frac = "".join(ch for ch in rest if ch.isdigit())
+    offset = rest[len(frac) :]
+    seconds = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+    if offset and offset != "Z":
+        sign = 1 if offset[0] == "+" else -1
+        hours, minutes = offset[1:].split(":")
+        seconds -= sign * (int(hours) * 3600 + int(minutes) * 60)
+    return f"{seconds}.{frac.ljust(9, '0')[:9]}"

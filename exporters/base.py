@@ -1,0 +1,88 @@
+"""The small interface every exporter implements, and the options they all share.
+
+An exporter module defines a config model (subclass of ``ExporterConfig`` with a
+``type: Literal["name"]`` field) and an ``Exporter`` subclass, and registers them with
+``@register``. The pipeline owns the queue, the policy when it is full, retries and the
+exporter's counters; the exporter only turns batches into output.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from agent.filters import ContainerFilter
+from agent.record import Record
+from agent.section import Section
+
+
+class ExporterConfig(Section):
+    """Options the pipeline applies to every exporter, whatever its type."""
+
+    type: str = Field(description="Which exporter this is (file, …).")
+    queue_records: int = Field(
+        20_000, ge=1, description="Records the exporter's queue holds before `when_full` applies."
+    )
+    when_full: Literal["block", "drop_newest"] = Field(
+        "block",
+        description=(
+            "What a full queue does: `block` slows the readers (nothing lost), `drop_newest` "
+            "drops the incoming records and counts them."
+        ),
+    )
+    containers: ContainerFilter = Field(
+        default_factory=ContainerFilter,
+        description="Which containers' records this exporter receives (default: all).",
+    )
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    detail: str = ""
+
+
+class Exporter(abc.ABC):
+    """Turns batches of records into output. Called by one pipeline worker at a time."""
+
+    type_name: ClassVar[str]
+    config_class: ClassVar[type[ExporterConfig]]
+
+    def __init__(self, name: str, config: Any) -> None:
+        self.name = name
+        self.config = config
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Opens files or connections; raising here stops the agent before it reads."""
+
+    @abc.abstractmethod
+    async def send(self, batch: Sequence[Record]) -> None:
+        """Writes one batch. Raising means "not written": the pipeline retries the batch."""
+
+    async def flush(self) -> None:  # noqa: B027 - optional hook
+        """Pushes out anything buffered inside the exporter."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Releases files and connections; the exporter gets no batch after this."""
+
+    def health(self) -> Health:
+        return Health(True)
+
+    def target(self) -> str:
+        """Where records go, for the start-up log line (never include secrets)."""
+        return self.type_name
+
+
+REGISTRY: dict[str, type[Exporter]] = {}
+
+
+def register(cls: type[Exporter]) -> type[Exporter]:
+    """Class decorator: makes ``cls`` available under ``cls.type_name`` in configs."""
+    if cls.type_name in REGISTRY:
+        raise ValueError(f"exporter type {cls.type_name!r} registered twice")
+    REGISTRY[cls.type_name] = cls
+    return cls
