@@ -198,10 +198,10 @@ class Pipeline:
             # Queue where there is room first; then wait for every full queue together.
             await asyncio.gather(*waits)
 
-    async def close(self, timeout: float) -> None:
-        """Drains every exporter within ``timeout`` seconds overall, then closes them."""
+    async def close(self, drain_seconds: float) -> None:
+        """Drains every exporter within ``drain_seconds`` overall, then closes them."""
         self.accepting = False
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + drain_seconds
         await asyncio.gather(*(r.drain(deadline) for r in self.runners))
         for runner in self.runners:
             await runner.stop()
