@@ -46,6 +46,11 @@ class EngineConfig(Section):
 
 
 class LogsConfig(Section):
+    start_at: Literal["beginning", "now"] = Field(
+        "beginning",
+        description="Where reading starts for containers already running when the agent "
+        "starts: their whole log, or only lines written from now on.",
+    )
     max_message_bytes: int = Field(
         1024 * 1024,
         ge=1024,
@@ -94,6 +99,7 @@ class Config(Section):
     )
     exporters: dict[str, ExporterConfig] = Field(
         default_factory=_default_exporters,
+        validate_default=True,
         description="Exporters by a name of your choosing (it labels their metrics).",
     )
 

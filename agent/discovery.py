@@ -18,7 +18,14 @@ import structlog
 from agent.docker import Engine, EngineError
 from agent.filters import ContainerFilter
 from agent.logs import LogFollowers
-from agent.record import ContainerMeta, Record, format_timestamp_ns, timestamp_to_unix
+from agent.logstream import Position
+from agent.record import (
+    ContainerMeta,
+    Record,
+    format_timestamp_ns,
+    normalize_timestamp,
+    timestamp_to_unix,
+)
 from agent.retry import Backoff
 
 log = structlog.get_logger("agent.discovery")
@@ -36,6 +43,7 @@ class Discovery:
         containers: ContainerFilter,
         backoff: Backoff,
         host: str,
+        start_at: str = "beginning",
     ) -> None:
         self.engine = engine
         self.followers = followers
@@ -43,6 +51,7 @@ class Discovery:
         self.containers = containers
         self.backoff = backoff
         self.host = host
+        self.start_at = start_at
         self.connected = asyncio.Event()
         self.reconnects = 0
         self.events_seen = 0
@@ -91,8 +100,14 @@ class Discovery:
         # After an outage, also read to their end the containers that stopped meanwhile.
         listed = await self.engine.list_containers(all=not initial)
         existing = {c["Id"] for c in listed}
+        now = normalize_timestamp(info["SystemTime"]) if info.get("SystemTime") else None
         for c in listed:
             if c.get("State") == "running" or c["Id"] in self.followers.positions:
+                if initial and self.start_at == "now" and now:
+                    # Lines at or before the engine's clock count as delivered.
+                    self.followers.positions.setdefault(
+                        c["Id"], {s: Position(now, 1 << 62) for s in ("stdout", "stderr")}
+                    )
                 self.followers.follow(ContainerMeta.from_list(c, self.host))
         if not initial:
             self.followers.prune(existing)

@@ -90,6 +90,7 @@ class ExporterRunner:
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._in_flight = 0  # records handed to the exporter and not yet confirmed
         self.received = 0
         self.exported = 0
         self.dropped: collections.Counter[str] = collections.Counter()
@@ -116,6 +117,7 @@ class ExporterRunner:
     async def _work(self) -> None:
         while True:
             batch = await self.queue.get(_COALESCE_RECORDS)
+            self._in_flight = len(batch)
             attempt = 0
             while True:
                 try:
@@ -138,6 +140,7 @@ class ExporterRunner:
                     )
                     await asyncio.sleep(delay)
             self.exported += len(batch)
+            self._in_flight = 0
             if attempt:
                 log.info("exporter_recovered", exporter=self.name, attempts=attempt)
             if not self.queue.size:
@@ -160,9 +163,10 @@ class ExporterRunner:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        if self.queue.size:
-            self.dropped["shutdown"] += self.queue.size
-            log.error("exporter_drain_incomplete", exporter=self.name, lost=self.queue.size)
+        lost = self.queue.size + self._in_flight
+        if lost:
+            self.dropped["shutdown"] += lost
+            log.error("exporter_drain_incomplete", exporter=self.name, lost=lost)
         try:
             await self.exporter.close()
         except Exception as exc:  # closing must not stop the others from closing

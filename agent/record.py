@@ -244,11 +244,18 @@ def timestamp_to_unix(ts: str) -> str:
     if not rest:  # no fraction: "2024-01-01T00:00:00Z"
         base = base.rstrip("Z")
         rest = "Z"
-    frac = "".join(ch for ch in rest if ch.isdigit())
-    offset = rest[len(frac) :]
+    digits = len(rest) - len(rest.lstrip("0123456789"))
+    frac, offset = rest[:digits], rest[digits:]
     seconds = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
     if offset and offset != "Z":
         sign = 1 if offset[0] == "+" else -1
         hours, minutes = offset[1:].split(":")
         seconds -= sign * (int(hours) * 3600 + int(minutes) * 60)
     return f"{seconds}.{frac.ljust(9, '0')[:9]}"
+
+
+def normalize_timestamp(ts: str) -> str:
+    """Any RFC 3339 stamp in the engine's log form (UTC, nine digits), so that stamps
+    compare as strings (``/info``'s SystemTime trims zeros and may carry an offset)."""
+    seconds, frac = timestamp_to_unix(ts).split(".")
+    return format_timestamp_ns(int(seconds) * 1_000_000_000 + int(frac))

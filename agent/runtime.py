@@ -93,7 +93,13 @@ class Runtime:
             backoff.delay,
         )
         self.discovery = Discovery(
-            self.engine, self.followers, self.pipeline.send, cfg.containers, backoff, host
+            self.engine,
+            self.followers,
+            self.pipeline.send,
+            cfg.containers,
+            backoff,
+            host,
+            cfg.logs.start_at,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

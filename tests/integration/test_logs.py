@@ -1,0 +1,185 @@
+"""Log records from real containers: every line once, in order, with the right metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.integration.conftest import IMAGE
+
+COMPOSE = {"com.docker.compose.project": "shop", "com.docker.compose.service": "web"}
+
+
+async def test_every_line_once_in_order_with_metadata(start_agent, containers) -> None:
+    agent = await start_agent()
+    n = 3000
+    cid = await containers.run(
+        f'i=0; while [ $i -lt {n} ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done',
+        name=f"lines-{containers.run_id}",
+        labels=COMPOSE,
+    )
+    await agent.wait_for(lambda: len(agent.logs(cid)) >= 2 * n, what="all lines")
+    await containers.wait(cid)
+    await asyncio.sleep(0.3)
+    logs = agent.logs(cid)
+    assert [r["message"] for r in logs if r["stream"] == "stdout"] == [f"out {i}" for i in range(n)]
+    assert [r["message"] for r in logs if r["stream"] == "stderr"] == [f"err {i}" for i in range(n)]
+    rec = logs[0]
+    assert rec["container_name"] == f"lines-{containers.run_id}"
+    assert rec["image"] == IMAGE
+    assert rec["labels"]["com.docker.compose.service"] == "web"
+    assert (rec["project"], rec["service"], rec["host"]) == ("shop", "web", "test-host")
+    assert len(rec["timestamp"]) == 30 and rec["timestamp"].endswith("Z")
+    stamps = [r["timestamp"] for r in logs if r["stream"] == "stdout"]
+    assert stamps == sorted(stamps)
+
+
+async def test_long_lines_are_joined_and_capped(start_agent, containers) -> None:
+    agent = await start_agent(logs={"max_message_bytes": 65536})
+    script = (
+        'head -c 40000 /dev/zero | tr "\\0" a; echo; '
+        'head -c 100000 /dev/zero | tr "\\0" b; echo; '
+        'echo short; head -c 20000 /dev/zero | tr "\\0" c >&2; echo >&2'
+    )
+    cid = await containers.run(script)
+    await agent.wait_for(lambda: len(agent.logs(cid)) >= 4, what="4 records")
+    by_stream = {(r["stream"], r["message"][:1]): r for r in agent.logs(cid)}
+    a, b = by_stream[("stdout", "a")], by_stream[("stdout", "b")]
+    assert a["message"] == "a" * 40000 and "truncated" not in a
+    assert b["message"] == "b" * 65536 and b["truncated"] is True
+    assert by_stream[("stdout", "s")]["message"] == "short"
+    assert by_stream[("stderr", "c")]["message"] == "c" * 20000
+    assert len(agent.logs(cid)) == 4
+
+
+async def test_invalid_utf8_json_and_unterminated_last_line(start_agent, containers) -> None:
+    agent = await start_agent()
+    cid = await containers.run(
+        "printf '\\377\\376bad\\n'; echo '{\"level\":\"warn\",\"n\":2}'; echo '{broken'; "
+        "printf 'no newline'"
+    )
+    await containers.wait(cid)
+    await agent.wait_for(lambda: len(agent.logs(cid)) >= 4, what="4 records")
+    logs = agent.logs(cid)
+    assert [r["message"] for r in logs] == [
+        "\ufffd\ufffdbad",
+        '{"level":"warn","n":2}',
+        "{broken",
+        "no newline",
+    ]
+    assert logs[1]["fields"] == {"level": "warn", "n": 2}
+    assert "fields" not in logs[2]
+
+
+async def test_tty_container(start_agent, containers) -> None:
+    agent = await start_agent()
+    cid = await containers.run(
+        'echo one; head -c 20000 /dev/zero | tr "\\0" t; echo; echo three', tty=True
+    )
+    await agent.wait_for(lambda: len(agent.logs(cid)) >= 3, what="3 TTY records")
+    logs = agent.logs(cid)
+    assert [r["message"] for r in logs] == ["one", "t" * 20000, "three"]
+    assert {r["stream"] for r in logs} == {"stdout"}
+
+
+async def test_containers_that_exit_at_once(start_agent, containers) -> None:
+    agent = await start_agent()
+    ids = [await containers.run(f"echo first {i}; echo second {i} >&2") for i in range(10)]
+    for cid in ids:
+        await agent.wait_for(lambda cid=cid: len(agent.logs(cid)) == 2, what="2 lines")
+    await asyncio.sleep(0.5)
+    assert all(len(agent.logs(cid)) == 2 for cid in ids)
+
+
+async def test_auto_removed_container_that_lives_100ms(start_agent, containers) -> None:
+    agent = await start_agent()
+    ids = [
+        await containers.run(f"echo a {i}; echo b {i}; sleep 0.1", auto_remove=True)
+        for i in range(5)
+    ]
+    for cid in ids:
+        await agent.wait_for(lambda cid=cid: len(agent.logs(cid)) == 2, what="2 lines")
+        await agent.wait_for(
+            lambda cid=cid: any(e["action"] == "destroy" for e in agent.events(cid)),
+            what="destroy event",
+        )
+
+
+async def test_container_started_later_is_followed_within_1s(start_agent, containers) -> None:
+    agent = await start_agent()
+    await asyncio.sleep(0.5)
+    t0 = time.monotonic()
+    cid = await containers.run("echo hello; sleep 30")
+    await agent.wait_for(lambda: len(agent.logs(cid)) == 1, timeout=5, what="the first line")
+    assert time.monotonic() - t0 < 1.0
+
+
+async def test_running_containers_at_start_are_read_from_the_beginning(
+    start_agent, containers
+) -> None:
+    cid = await containers.run("echo before; sleep 1.5; echo after; sleep 30")
+    await asyncio.sleep(0.5)
+    agent = await start_agent()
+    await agent.wait_for(lambda: len(agent.logs(cid)) == 2, what="both lines")
+    assert [r["message"] for r in agent.logs(cid)] == ["before", "after"]
+
+
+async def test_start_at_now_skips_history(start_agent, containers) -> None:
+    cid = await containers.run("echo before; sleep 1.5; echo after; sleep 30")
+    await asyncio.sleep(0.5)
+    agent = await start_agent(logs={"start_at": "now"})
+    await agent.wait_for(lambda: len(agent.logs(cid)) >= 1, what="the later line")
+    await asyncio.sleep(0.3)
+    assert [r["message"] for r in agent.logs(cid)] == ["after"]
+
+
+async def test_restarted_container_resumes_without_duplicates(start_agent, containers) -> None:
+    agent = await start_agent()
+    cid = await containers.run("echo run-$(cat /tmp/n 2>/dev/null || echo 0); echo 1 > /tmp/n")
+    await containers.wait(cid)
+    await agent.wait_for(lambda: len(agent.logs(cid)) == 1, what="first run")
+    await containers.docker.containers.container(cid).start()
+    await containers.wait(cid)
+    await agent.wait_for(lambda: len(agent.logs(cid)) >= 2, what="second run")
+    await asyncio.sleep(0.5)
+    assert [r["message"] for r in agent.logs(cid)] == ["run-0", "run-1"]
+
+
+async def test_include_exclude_filters(start_agent, containers) -> None:
+    agent = await start_agent(
+        containers={
+            "include": {"label": [f"ca-test-run={containers.run_id}"]},
+            "exclude": {"name": ["-skip$"], "label": ["quiet=yes"]},
+        }
+    )
+    keep = await containers.run("echo keep", name=f"f-{containers.run_id}-keep")
+    skip = await containers.run("echo skip", name=f"f-{containers.run_id}-skip")
+    quiet = await containers.run("echo quiet", labels={"quiet": "yes"})
+    await agent.wait_for(lambda: len(agent.logs(keep)) == 1, what="kept container")
+    for cid in (keep, skip, quiet):
+        await containers.wait(cid)
+    await asyncio.sleep(0.5)
+    assert agent.logs(skip) == [] and agent.logs(quiet) == []
+    assert agent.events(skip) == [] and agent.events(quiet) == []
+
+
+async def test_fan_out_to_two_exporters_with_their_own_filters(
+    start_agent, containers, tmp_path
+) -> None:
+    only_db = tmp_path / "db.ndjson"
+    agent = await start_agent(
+        exporters={
+            "records": {"type": "file", "path": str(tmp_path / "all.ndjson")},
+            "db": {
+                "type": "file",
+                "path": str(only_db),
+                "containers": {"include": {"name": ["-db$"]}},
+            },
+        }
+    )
+    agent.path = tmp_path / "all.ndjson"
+    web = await containers.run("echo web line", name=f"fo-{containers.run_id}-web")
+    db = await containers.run("echo db line", name=f"fo-{containers.run_id}-db")
+    await agent.wait_for(lambda: len(agent.logs(web)) == 1 and len(agent.logs(db)) == 1)
+    await agent.wait_for(lambda: only_db.exists() and b"db line" in only_db.read_bytes())
+    assert b"web line" not in only_db.read_bytes()

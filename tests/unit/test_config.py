@@ -1,0 +1,98 @@
+"""Config validation, check-config and the generated reference."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from agent import cli
+from agent.config import ConfigError, load, parse, reference_markdown
+from agent.filters import ContainerFilter
+from agent.record import ContainerMeta
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults() -> None:
+    cfg = parse({})
+    assert cfg.exporters["records"].type == "file"
+    assert cfg.exporters["records"].path == "./var/records.ndjson"
+    assert cfg.logs.max_message_bytes == 1024 * 1024
+    assert cfg.exporters["records"].when_full == "block"
+
+
+def test_engine_host_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
+    assert parse({}).engine.host == "tcp://127.0.0.1:2375"
+    monkeypatch.delenv("DOCKER_HOST")
+    assert parse({}).engine.host == "unix:///var/run/docker.sock"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"engine": {"hots": "x"}}, "engine.hots: unknown key"),
+        ({"exporters": {"a": {"type": "kafka"}}}, "exporters.a.type: unknown exporter type 'kafka'"),
+        ({"exporters": {"a": {"path": "x"}}}, "exporters.a.type: required"),
+        ({"exporters": {"a": {"type": "file"}}}, "exporters.a.path: Field required"),
+        ({"exporters": {"a": {"type": "file", "path": "p", "fsync": "maybe"}}}, "exporters.a.fsync"),
+        ({"exporters": {"a": {"type": "file", "path": "p", "when_full": "x"}}}, "exporters.a.when_full"),
+        ({"exporters": {}}, "at least one exporter"),
+        ({"logs": {"max_message_bytes": "big"}}, "logs.max_message_bytes"),
+        ({"containers": {"include": {"name": ["("]}}}, "containers.include.name"),
+        ({"containers": {"exclude": {"label": ["=x"]}}}, "has no key"),
+        ([1, 2], "top level must be a mapping"),
+    ],
+)
+def test_errors_name_the_key(data: object, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(data, "f.yaml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("f.yaml: ")
+
+
+def test_yaml_errors_and_unreadable_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("exporters:\n  a: [\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:3:1: YAML syntax error"):
+        load(bad)
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load(tmp_path / "missing.yaml")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(binary)
+
+
+def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("exporters:\n  out: {type: file, path: /tmp/x.ndjson, fsync: true}\n")
+    assert cli.main(["check-config", str(good)]) == 0
+    assert '"fsync": true' in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("exporters:\n  out: {type: file, path: 3, nope: 1}\n")
+    assert cli.main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "exporters.out.nope: unknown key" in err and "Traceback" not in err
+
+
+def test_filters() -> None:
+    m = ContainerMeta("id", "/web-1", "nginx:1", {"team": "a", "tier": "front"}, "h")
+    assert ContainerFilter().accepts(m)
+    f = ContainerFilter.model_validate({"include": {"name": ["^web"]}})
+    assert f.accepts(m)
+    assert not ContainerFilter.model_validate({"include": {"image": ["^redis"]}}).accepts(m)
+    assert not ContainerFilter.model_validate({"exclude": {"label": ["team=^a$"]}}).accepts(m)
+    assert ContainerFilter.model_validate({"exclude": {"label": ["team=b"]}}).accepts(m)
+    assert not ContainerFilter.model_validate({"exclude": {"label": ["tier"]}}).accepts(m)
+
+
+def test_readme_reference_is_generated_from_the_declaration() -> None:
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(
+        r"<!-- config-reference:start -->\n(.*)<!-- config-reference:end -->", readme, re.S
+    )
+    assert match, "README.md lacks the config reference markers"
+    assert match.group(1) == reference_markdown(), "run `make docs` to regenerate it"

@@ -1,0 +1,133 @@
+"""The logs-API decoder on recorded byte streams from the test engine and on built ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.logstream import LogDecoder, Position, advance
+from agent.record import ContainerMeta
+
+DATA = Path(__file__).parent / "data"
+TS = "2026-11-28T10:11:45.589604852Z"
+
+
+def meta(tty: bool | None = None) -> ContainerMeta:
+    return ContainerMeta("c" * 64, "/web", "busybox", {"a": "b"}, "host1", tty)
+
+
+def frame(stream: int, payload: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
+
+
+def decode_all(data: bytes, chunk: int, **kw) -> tuple[LogDecoder, list]:
+    dec = LogDecoder(kw.pop("m", meta()), kw.pop("max_bytes", 1 << 20), **kw)
+    out = []
+    for i in range(0, len(data), chunk):
+        out += dec.feed(data[i : i + chunk])
+    return dec, out
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 8, 9, 100, 4096, 1 << 20])
+def test_recorded_framed_stream_any_chunking(chunk: int) -> None:
+    data = (DATA / "framed.bin").read_bytes()
+    dec, out = decode_all(data, chunk)
+    out += dec.finish()
+    assert [(r.stream, r.message[:20]) for r in out] == [
+        ("stdout", "hello"),
+        ("stderr", "oops"),
+        ("stdout", "a" * 20),
+        ("stdout", "\ufffd\ufffdbad utf8"),
+        ("stdout", '{"level":"info","n":'),
+        ("stdout", "no newline at end"),
+    ]
+    long = out[2]
+    assert long.message == "a" * 40000 and not long.truncated
+    # All three partial frames carried one timestamp; the record keeps it.
+    assert long.timestamp == "2026-11-28T10:11:45.591161125Z"
+    assert out[4].fields == {"level": "info", "n": 3}
+    assert dec.buffered == 0
+
+
+def test_recorded_tty_stream_joins_partials_and_strips_crlf() -> None:
+    data = (DATA / "tty.bin").read_bytes()
+    for chunk in (3, 1000, 1 << 20):
+        dec, out = decode_all(data, chunk)
+        out += dec.finish()
+        assert dec.tty is True
+        assert [r.message for r in out] == ["tty one", "b" * 20000, "tty two"]
+        assert {r.stream for r in out} == {"stdout"}
+
+
+def test_finish_without_trailing_partial_is_empty() -> None:
+    dec, out = decode_all(frame(1, f"{TS} x\n".encode()), 5)
+    assert [r.message for r in out] == ["x"]
+    assert dec.finish() == []
+
+
+def test_truncation_marks_and_caps_joined_partials() -> None:
+    parts = [frame(1, f"{TS} ".encode() + b"z" * 16384) for _ in range(4)]
+    parts.append(frame(1, f"{TS} ".encode() + b"tail\n"))
+    parts.append(frame(1, f"{TS} next\n".encode()))
+    dec, out = decode_all(b"".join(parts), 1000, max_bytes=20000)
+    assert [len(r.message) for r in out] == [20000, 4]
+    assert out[0].truncated and not out[1].truncated
+    assert dec.truncated == 1
+
+
+def test_truncation_of_single_frame_keeps_utf8_whole() -> None:
+    body = ("é" * 1000).encode()  # 2 bytes a character
+    dec, out = decode_all(frame(2, f"{TS} ".encode() + body + b"\n"), 64, max_bytes=1025)
+    assert out[0].truncated
+    assert out[0].message == "é" * 512  # cut back to a character boundary, no U+FFFD
+    assert out[0].stream == "stderr"
+
+
+def test_invalid_utf8_is_replaced_not_fatal() -> None:
+    dec, out = decode_all(frame(1, f"{TS} ".encode() + b"\xff\xfeok\xc3\n"), 4)
+    assert out[0].message == "\ufffd\ufffdok\ufffd"
+
+
+def test_partials_of_two_streams_do_not_mix() -> None:
+    data = (
+        frame(1, f"{TS} out-a".encode())
+        + frame(2, f"{TS} err-a".encode())
+        + frame(1, f"{TS} out-b\n".encode())
+        + frame(2, f"{TS} err-b\n".encode())
+    )
+    _, out = decode_all(data, 3)
+    assert [(r.stream, r.message) for r in out] == [("stdout", "out-aout-b"), ("stderr", "err-aerr-b")]
+
+
+def test_garbage_frames_are_counted_not_fatal() -> None:
+    data = frame(1, b"no-timestamp-here") + frame(1, f"{TS} ok\n".encode()) + frame(1, b"")
+    dec, out = decode_all(data, 1 << 20)
+    assert [r.message for r in out] == ["ok"]
+    assert dec.malformed == 1
+
+
+def test_resume_skips_exactly_what_was_delivered() -> None:
+    t1, t2, t3 = (f"2026-01-01T00:00:0{i}.000000000Z" for i in (1, 2, 3))
+    lines = [(1, t1, "a"), (1, t2, "b"), (2, t2, "e1"), (1, t2, "c"), (1, t3, "d"), (2, t3, "e2")]
+    data = b"".join(frame(s, f"{t} {m}\n".encode()) for s, t, m in lines)
+    # Delivered before: stdout up to the first line at t2 (1 line at t2), stderr up to t2.
+    resume = {"stdout": Position(t2, 1), "stderr": Position(t2, 1)}
+    dec, out = decode_all(data, 1 << 20, resume=resume)
+    assert [r.message for r in out] == ["c", "d", "e2"]
+    assert dec.skipped == 3
+
+
+def test_advance_counts_lines_at_last_timestamp_across_batches() -> None:
+    t1, t2 = "2026-01-01T00:00:01.000000000Z", "2026-01-01T00:00:02.000000000Z"
+    data = b"".join(frame(1, f"{t} m\n".encode()) for t in (t1, t2, t2))
+    _, out = decode_all(data, 1 << 20)
+    positions: dict[str, Position] = {}
+    advance(positions, out)
+    assert positions == {"stdout": Position(t2, 2)}
+    _, more = decode_all(frame(1, f"{t2} m\n".encode()), 100)
+    advance(positions, more)
+    assert positions == {"stdout": Position(t2, 3)}
+    _, err = decode_all(frame(2, f"{t1} e\n".encode()), 100)
+    advance(positions, err)
+    assert positions["stderr"] == Position(t1, 1) and positions["stdout"] == Position(t2, 3)

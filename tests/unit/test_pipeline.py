@@ -1,0 +1,168 @@
+"""Fan-out, bounded queues, policies and drains, with in-memory exporters (no engine)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from agent.pipeline import ExporterRunner, Pipeline, RecordQueue
+from agent.record import ContainerMeta, Record
+from agent.retry import Backoff
+from exporters.base import Exporter, ExporterConfig
+
+
+class Config(ExporterConfig):
+    type: str = "memory"
+
+
+class Memory(Exporter):
+    type_name = "memory-test"
+    config_class = Config
+
+    def __init__(self, name: str, config: Config, gate: asyncio.Event | None = None) -> None:
+        super().__init__(name, config)
+        self.got: list[Record] = []
+        self.gate = gate
+        self.fail = 0
+        self.closed = False
+
+    async def send(self, batch: Sequence[Record]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            self.fail -= 1
+            raise OSError("backend down")
+        self.got.extend(batch)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def recs(n: int, name: str = "web") -> list[Record]:
+    m = ContainerMeta(name, name, "img", {}, "h")
+    return [Record.log(f"t{i}", m, "stdout", str(i), False) for i in range(n)]
+
+
+def runner(exp: Memory, **cfg: object) -> ExporterRunner:
+    return ExporterRunner(exp, Config(**cfg), Backoff(0.001, 0.01))
+
+
+async def test_queue_bounds_by_records_and_joins_batches() -> None:
+    q = RecordQueue(10)
+    q.put_nowait(recs(4))
+    q.put_nowait(recs(4))
+    assert q.has_room()
+    q.put_nowait(recs(4))
+    assert not q.has_room() and q.size == 12
+    put = asyncio.create_task(q.put(recs(1)))
+    await asyncio.sleep(0.01)
+    assert not put.done()
+    got = await q.get(8)
+    assert len(got) == 8 and q.size == 4
+    await asyncio.wait_for(put, 1)
+    assert q.size == 5
+
+
+async def test_cancelled_put_still_queues_the_batch() -> None:
+    q = RecordQueue(1)
+    q.put_nowait(recs(1))
+    put = asyncio.create_task(q.put(recs(3)))
+    await asyncio.sleep(0.01)
+    put.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await put
+    assert q.size == 4
+
+
+async def test_slow_exporter_does_not_stall_the_others_while_it_has_room() -> None:
+    gate = asyncio.Event()
+    slow, fast = Memory("slow", Config(), gate), Memory("fast", Config())
+    p = Pipeline([runner(slow, queue_records=1000), runner(fast)])
+    await p.start()
+    for _ in range(5):
+        await asyncio.wait_for(p.send(recs(100)), 1)
+    await asyncio.sleep(0.05)
+    assert len(fast.got) == 500 and slow.got == []
+    gate.set()
+    await p.close(2)
+    assert len(slow.got) == 500 and slow.closed and fast.closed
+
+
+async def test_block_policy_applies_back_pressure_and_loses_nothing() -> None:
+    gate = asyncio.Event()
+    slow = Memory("slow", Config(), gate)
+    p = Pipeline([runner(slow, queue_records=100)])
+    await p.start()
+    await p.send(recs(100))
+    await asyncio.sleep(0.01)  # the worker takes that batch and waits at the gate
+    await p.send(recs(100))  # fills the queue
+    blocked = asyncio.create_task(p.send(recs(50)))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()
+    gate.set()
+    await asyncio.wait_for(blocked, 1)
+    await p.close(2)
+    assert len(slow.got) == 250
+    assert not p.runners[0].dropped
+
+
+async def test_drop_newest_counts_every_drop() -> None:
+    gate = asyncio.Event()
+    slow, fast = Memory("slow", Config(), gate), Memory("fast", Config())
+    r_slow = runner(slow, queue_records=100, when_full="drop_newest")
+    p = Pipeline([r_slow, runner(fast)])
+    await p.start()
+    for _ in range(5):
+        await asyncio.wait_for(p.send(recs(60)), 1)
+    gate.set()
+    await p.close(2)
+    assert len(fast.got) == 300
+    assert len(slow.got) + r_slow.dropped["queue_full"] == 300
+    assert r_slow.dropped["queue_full"] > 0 and r_slow.received == 300
+
+
+async def test_failed_batches_are_retried_not_lost() -> None:
+    flaky = Memory("flaky", Config())
+    flaky.fail = 3
+    r = runner(flaky)
+    p = Pipeline([r])
+    await p.start()
+    await p.send(recs(10))
+    await p.close(2)
+    assert len(flaky.got) == 10 and r.failures == 3 and r.exported == 10
+
+
+async def test_per_exporter_container_filter() -> None:
+    only_db = Memory("db", Config())
+    everything = Memory("all", Config())
+    p = Pipeline([
+        runner(only_db, containers={"include": {"name": ["^db$"]}}),
+        runner(everything),
+    ])
+    await p.start()
+    await p.send(recs(3, "web") + recs(2, "db"))
+    await p.close(2)
+    assert {r.meta.name for r in only_db.got} == {"db"} and len(everything.got) == 5
+
+
+async def test_drain_is_bounded_and_counts_what_is_left() -> None:
+    stuck = Memory("stuck", Config(), asyncio.Event())
+    r = runner(stuck)
+    p = Pipeline([r])
+    await p.start()
+    await p.send(recs(5))
+    await p.send(recs(7))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await p.close(0.2)
+    assert loop.time() - t0 < 1
+    assert r.dropped["shutdown"] == 12  # queued and in the exporter's hands: all counted
+
+
+def test_backoff_is_capped_full_jitter() -> None:
+    b = Backoff(0.5, 4)
+    assert b.ceiling(0) == 0.5 and b.ceiling(3) == 4 and b.ceiling(100) == 4
+    delays = [b.delay(10) for _ in range(200)]
+    assert all(0 <= d <= 4 for d in delays) and max(delays) > 2 and min(delays) < 2

@@ -1,0 +1,96 @@
+"""Record serialisation: the schema documented in the README."""
+
+from __future__ import annotations
+
+import orjson
+
+from agent.record import (
+    ContainerMeta,
+    Record,
+    encode_ndjson,
+    format_timestamp_ns,
+    timestamp_to_unix,
+)
+
+LABELS = {"com.docker.compose.project": "shop", "com.docker.compose.service": "web", "x": "1"}
+
+
+def meta() -> ContainerMeta:
+    return ContainerMeta("abc123", "/shop-web-1", "nginx:1.27", LABELS, "node-7")
+
+
+def test_log_record_schema() -> None:
+    rec = Record.log("2026-11-28T10:11:45.589604852Z", meta(), "stderr", "boom \"q\" é", False)
+    assert orjson.loads(rec.json()) == {
+        "kind": "log",
+        "timestamp": "2026-11-28T10:11:45.589604852Z",
+        "container_id": "abc123",
+        "container_name": "shop-web-1",
+        "image": "nginx:1.27",
+        "labels": LABELS,
+        "host": "node-7",
+        "project": "shop",
+        "service": "web",
+        "stream": "stderr",
+        "message": 'boom "q" é',
+    }
+
+
+def test_truncated_and_json_fields() -> None:
+    rec = Record.log("t", meta(), "stdout", '{"level":"warn","n":[1,2]}', True)
+    doc = rec.to_dict()
+    assert doc["truncated"] is True
+    assert doc["fields"] == {"level": "warn", "n": [1, 2]}
+    assert doc["message"] == '{"level":"warn","n":[1,2]}'
+
+
+def test_json_fields_only_for_objects() -> None:
+    for message in ("[1,2]", "{not json}", "{", "", '"{}"', "plain"):
+        assert "fields" not in Record.log("t", meta(), "stdout", message, False).to_dict()
+
+
+def test_event_record_schema_without_compose_labels() -> None:
+    m = ContainerMeta("id9", "/solo", "busybox", {}, "h")
+    doc = Record.event("2026-01-01T00:00:00.000000001Z", m, "die", {"exitCode": "3"}).to_dict()
+    assert doc == {
+        "kind": "event",
+        "timestamp": "2026-01-01T00:00:00.000000001Z",
+        "container_id": "id9",
+        "container_name": "solo",
+        "image": "busybox",
+        "labels": {},
+        "host": "h",
+        "project": None,
+        "service": None,
+        "action": "die",
+        "attributes": {"exitCode": "3"},
+    }
+
+
+def test_event_meta_separates_labels_from_attributes() -> None:
+    actor = {"ID": "id1", "Attributes": {"name": "web", "image": "img", "exitCode": "0", "l": "v"}}
+    m = ContainerMeta.from_event(actor, "h")
+    assert (m.name, m.image, m.labels) == ("web", "img", {"l": "v"})
+
+
+def test_ndjson_is_one_object_per_line() -> None:
+    recs = [Record.log("t", meta(), "stdout", f"line\n{i}", False) for i in range(3)]
+    data = encode_ndjson(recs)
+    lines = data.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 4
+    assert [orjson.loads(x)["message"] for x in lines[:-1]] == ["line\n0", "line\n1", "line\n2"]
+    assert encode_ndjson([]) == b""
+
+
+def test_timestamps() -> None:
+    assert format_timestamp_ns(1795860662941112257) == "2026-11-28T10:11:02.941112257Z"
+    assert timestamp_to_unix("2026-11-28T10:11:02.941112257Z") == "1795860662.941112257"
+    assert timestamp_to_unix("2026-11-28T10:11:02Z") == "1795860662.000000000"
+    assert timestamp_to_unix("2026-11-28T11:11:02.5+01:00") == "1795860662.500000000"
+
+
+def test_normalize_timestamp() -> None:
+    from agent.record import normalize_timestamp
+
+    assert normalize_timestamp("2026-11-28T11:11:02.5+01:00") == "2026-11-28T10:11:02.500000000Z"
+    assert normalize_timestamp("2026-11-28T10:11:02Z") == "2026-11-28T10:11:02.000000000Z"
