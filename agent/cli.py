@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             return _error(f"config error: {exc}")
         sys.stdout.write(
-            orjson.dumps(config.model_dump(mode="json", serialize_as_any=True), option=orjson.OPT_INDENT_2).decode() + "\n"
+            orjson.dumps(
+                config.model_dump(mode="json", serialize_as_any=True), option=orjson.OPT_INDENT_2
+            ).decode()
+            + "\n"
         )
         print(f"{args.file}: OK", file=sys.stderr)
         return EXIT_OK

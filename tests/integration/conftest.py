@@ -75,9 +75,7 @@ class Containers:
         found = await self.docker.containers.list(
             all=True, filters=orjson.dumps({"label": [f"ca-test-run={self.run_id}"]}).decode()
         )
-        await asyncio.gather(
-            *(c.delete(force=True) for c in found), return_exceptions=True
-        )
+        await asyncio.gather(*(c.delete(force=True) for c in found), return_exceptions=True)
 
 
 @pytest.fixture
@@ -106,13 +104,15 @@ class AgentUnderTest:
 
     def logs(self, cid: str | None = None) -> list[dict[str, Any]]:
         return [
-            r for r in self.records()
+            r
+            for r in self.records()
             if r["kind"] == "log" and (cid is None or r["container_id"] == cid)
         ]
 
     def events(self, cid: str | None = None) -> list[dict[str, Any]]:
         return [
-            r for r in self.records()
+            r
+            for r in self.records()
             if r["kind"] == "event" and (cid is None or r["container_id"] == cid)
         ]
 

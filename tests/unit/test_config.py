@@ -34,11 +34,20 @@ def test_engine_host_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     ("data", "message"),
     [
         ({"engine": {"hots": "x"}}, "engine.hots: unknown key"),
-        ({"exporters": {"a": {"type": "kafka"}}}, "exporters.a.type: unknown exporter type 'kafka'"),
+        (
+            {"exporters": {"a": {"type": "kafka"}}},
+            "exporters.a.type: unknown exporter type 'kafka'",
+        ),
         ({"exporters": {"a": {"path": "x"}}}, "exporters.a.type: required"),
         ({"exporters": {"a": {"type": "file"}}}, "exporters.a.path: Field required"),
-        ({"exporters": {"a": {"type": "file", "path": "p", "fsync": "maybe"}}}, "exporters.a.fsync"),
-        ({"exporters": {"a": {"type": "file", "path": "p", "when_full": "x"}}}, "exporters.a.when_full"),
+        (
+            {"exporters": {"a": {"type": "file", "path": "p", "fsync": "maybe"}}},
+            "exporters.a.fsync",
+        ),
+        (
+            {"exporters": {"a": {"type": "file", "path": "p", "when_full": "x"}}},
+            "exporters.a.when_full",
+        ),
         ({"exporters": {}}, "at least one exporter"),
         ({"logs": {"max_message_bytes": "big"}}, "logs.max_message_bytes"),
         ({"containers": {"include": {"name": ["("]}}}, "containers.include.name"),

@@ -78,14 +78,14 @@ def test_truncation_marks_and_caps_joined_partials() -> None:
 
 def test_truncation_of_single_frame_keeps_utf8_whole() -> None:
     body = ("é" * 1000).encode()  # 2 bytes a character
-    dec, out = decode_all(frame(2, f"{TS} ".encode() + body + b"\n"), 64, max_bytes=1025)
+    _dec, out = decode_all(frame(2, f"{TS} ".encode() + body + b"\n"), 64, max_bytes=1025)
     assert out[0].truncated
     assert out[0].message == "é" * 512  # cut back to a character boundary, no U+FFFD
     assert out[0].stream == "stderr"
 
 
 def test_invalid_utf8_is_replaced_not_fatal() -> None:
-    dec, out = decode_all(frame(1, f"{TS} ".encode() + b"\xff\xfeok\xc3\n"), 4)
+    _dec, out = decode_all(frame(1, f"{TS} ".encode() + b"\xff\xfeok\xc3\n"), 4)
     assert out[0].message == "\ufffd\ufffdok\ufffd"
 
 
@@ -97,7 +97,10 @@ def test_partials_of_two_streams_do_not_mix() -> None:
         + frame(2, f"{TS} err-b\n".encode())
     )
     _, out = decode_all(data, 3)
-    assert [(r.stream, r.message) for r in out] == [("stdout", "out-aout-b"), ("stderr", "err-aerr-b")]
+    assert [(r.stream, r.message) for r in out] == [
+        ("stdout", "out-aout-b"),
+        ("stderr", "err-aerr-b"),
+    ]
 
 
 def test_garbage_frames_are_counted_not_fatal() -> None:

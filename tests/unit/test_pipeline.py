@@ -137,10 +137,12 @@ async def test_failed_batches_are_retried_not_lost() -> None:
 async def test_per_exporter_container_filter() -> None:
     only_db = Memory("db", Config())
     everything = Memory("all", Config())
-    p = Pipeline([
-        runner(only_db, containers={"include": {"name": ["^db$"]}}),
-        runner(everything),
-    ])
+    p = Pipeline(
+        [
+            runner(only_db, containers={"include": {"name": ["^db$"]}}),
+            runner(everything),
+        ]
+    )
     await p.start()
     await p.send(recs(3, "web") + recs(2, "db"))
     await p.close(2)

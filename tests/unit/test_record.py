@@ -20,7 +20,7 @@ def meta() -> ContainerMeta:
 
 
 def test_log_record_schema() -> None:
-    rec = Record.log("2026-11-28T10:11:45.589604852Z", meta(), "stderr", "boom \"q\" é", False)
+    rec = Record.log("2026-11-28T10:11:45.589604852Z", meta(), "stderr", 'boom "q" é', False)
     assert orjson.loads(rec.json()) == {
         "kind": "log",
         "timestamp": "2026-11-28T10:11:45.589604852Z",
