@@ -177,4 +177,5 @@ def engine_script(*args: str) -> str:
         text=True,
         timeout=180,
     )
-    return out.stdout.strip().splitlines()[-1]
+    lines = out.stdout.strip().splitlines()
+    return lines[-1] if lines else ""

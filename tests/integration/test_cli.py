@@ -1,0 +1,103 @@
+"""The container-agent command as an operator runs it: start-up line, SIGTERM, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+AGENT = [sys.executable, "-m", "agent"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    env.update(extra)
+    return env
+
+
+def test_version() -> None:
+    out = subprocess.run([*AGENT, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("container-agent ")
+
+
+def test_unreachable_engine_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
+    sock = tmp_path / "nothing.sock"
+    out = subprocess.run(
+        [*AGENT, "run"],
+        capture_output=True,
+        text=True,
+        env=_env(DOCKER_HOST=f"unix://{sock}"),
+        cwd=tmp_path,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1
+    event = orjson.loads(lines[0])
+    assert event["event"] == "engine_unreachable"
+    assert event["host"] == f"unix://{sock}"
+    assert "DOCKER_HOST" in event["hint"] and "engine.host" in event["hint"]
+
+
+def test_broken_config_exit_2_no_traceback(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("exporters:\n  x: {type: nope}\n")
+    out = subprocess.run([*AGENT, "run", "--config", str(cfg)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "exporters.x.type: unknown exporter type 'nope'" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = subprocess.run(
+        [*AGENT, "check-config", str(tmp_path / "missing.yaml")], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "missing.yaml" in out.stderr
+
+
+async def test_run_with_defaults_then_sigterm_drains_and_exits_0(
+    engine_host: str, containers, tmp_path: Path
+) -> None:
+    # No --config: built-in defaults, records to ./var/records.ndjson, engine from DOCKER_HOST.
+    # Only this test's containers, through a config that narrows the default one.
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        "containers:\n  include:\n    label: ['ca-test-run=" + containers.run_id + "']\n"
+    )
+    proc = subprocess.Popen(
+        [*AGENT, "run", "--config", str(cfg)],
+        stderr=subprocess.PIPE,
+        env=_env(DOCKER_HOST=engine_host),
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stderr is not None
+        first = orjson.loads(await asyncio.to_thread(proc.stderr.readline))
+        assert first["event"] == "agent_started"
+        assert first["engine"] == engine_host
+        assert first["engine_version"] and first["api_version"]
+        assert first["containers"] == 0
+        out = tmp_path / "var" / "records.ndjson"
+        assert first["exporters"] == {"records": f"file:{out}"}
+
+        n = 20000
+        cid = await containers.run(f"seq 1 {n}")
+        await containers.wait(cid)
+        await asyncio.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        code = await asyncio.to_thread(proc.wait, 30)
+        assert code == 0
+        assert time.monotonic() - t0 < 10
+        logs = [r for r in map(orjson.loads, out.read_bytes().splitlines()) if r["kind"] == "log"]
+        assert [r["message"] for r in logs] == [str(i) for i in range(1, n + 1)]
+        rest = proc.stderr.read().decode()
+        assert "agent_stopped" in rest and "Traceback" not in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
