@@ -68,7 +68,7 @@ async def test_run_with_defaults_then_sigterm_drains_and_exits_0(
     cfg.write_text(
         "containers:\n  include:\n    label: ['ca-test-run=" + containers.run_id + "']\n"
     )
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - the agent under test is a child process
         [*AGENT, "run", "--config", str(cfg)],
         stderr=subprocess.PIPE,
         env=_env(DOCKER_HOST=engine_host),
