@@ -9,6 +9,7 @@ When the stream ends or fails the engine is gone: log it once, back off with jit
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +30,9 @@ from agent.record import (
 from agent.retry import Backoff
 
 log = structlog.get_logger("agent.discovery")
+
+_RECENT_EVENTS = 20_000
+_REPLAY_MARGIN_NS = 2_000_000_000
 
 # Actions whose event carries a detail after ": " ("health_status: healthy", "exec_start: sh").
 _DETAIL_KEYS = {"health_status": "health_status"}
@@ -57,7 +61,11 @@ class Discovery:
         self.events_seen = 0
         self.last_error = ""
         self._last_event_ns = 0
-        self._seen_at_last: set[tuple[str, str]] = set()
+        # Keys of recent events: a reconnect asks the engine to replay from a little before
+        # the newest event seen, and these say which of the replayed ones were handled.
+        # (Events can arrive slightly out of timestamp order, so no "older than" cut-off.)
+        self._recent: set[tuple[int, str, str]] = set()
+        self._recent_order: collections.deque[tuple[int, str, str]] = collections.deque()
 
     async def run(self, first: dict[str, Any] | None = None) -> None:
         """Runs until cancelled. ``first`` is the ``/info`` answer the runtime already got."""
@@ -95,7 +103,7 @@ class Discovery:
             since = info.get("SystemTime")
             self._since = timestamp_to_unix(since) if since else f"{time.time():.9f}"
         else:
-            seconds, frac = divmod(self._last_event_ns, 1_000_000_000)
+            seconds, frac = divmod(max(0, self._last_event_ns - _REPLAY_MARGIN_NS), 1_000_000_000)
             self._since = f"{seconds}.{frac:09d}"
         # After an outage, also read to their end the containers that stopped meanwhile.
         listed = await self.engine.list_containers(all=not initial)
@@ -122,17 +130,14 @@ class Discovery:
         actor = event.get("Actor") or {}
         cid = actor.get("ID") or event.get("id") or ""
         raw_action = event.get("Action") or event.get("status") or ""
-        key = (cid, raw_action)
-        # Replays after a reconnect: skip what was handled already.
-        if time_ns < self._last_event_ns:
-            return
-        if time_ns == self._last_event_ns:
-            if key in self._seen_at_last:
-                return
-            self._seen_at_last.add(key)
-        else:
-            self._last_event_ns = time_ns
-            self._seen_at_last = {key}
+        key = (time_ns, cid, raw_action)
+        if key in self._recent:
+            return  # replayed after a reconnect: handled already
+        self._recent.add(key)
+        self._recent_order.append(key)
+        if len(self._recent_order) > _RECENT_EVENTS:
+            self._recent.discard(self._recent_order.popleft())
+        self._last_event_ns = max(self._last_event_ns, time_ns)
         self.events_seen += 1
 
         action, _, detail = raw_action.partition(": ")
