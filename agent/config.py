@@ -59,6 +59,23 @@ class LogsConfig(Section):
     )
 
 
+class StatsConfig(Section):
+    enabled: bool = Field(True, description="Collect CPU, memory, network, I/O and pids stats.")
+    source: Literal["auto", "api", "cgroup"] = Field(
+        "auto",
+        description="`cgroup` reads cgroup files (cheap; needs `cgroup_root`), `api` the "
+        "engine's stats API; `auto` uses cgroup files where the container's cgroup is found, "
+        "else the API.",
+    )
+    cgroup_root: str = Field(
+        "/sys/fs/cgroup", description="Where the host's cgroup hierarchy is (a host mount)."
+    )
+    interval_seconds: float = Field(10.0, ge=0.5, description="Time between two readings.")
+    records: bool = Field(
+        False, description="Also send each reading as a `kind: stats` record to the exporters."
+    )
+
+
 class AgentConfig(Section):
     hostname: str | None = Field(
         default_factory=lambda: os.environ.get("CONTAINER_AGENT_HOSTNAME") or None,
@@ -86,13 +103,17 @@ def _exporter_union() -> Any:
 
 
 def _default_exporters() -> dict[str, Any]:
-    return {"records": {"type": "file", "path": "./var/records.ndjson"}}
+    return {
+        "records": {"type": "file", "path": "./var/records.ndjson"},
+        "metrics": {"type": "prometheus", "listen": "127.0.0.1:9811"},
+    }
 
 
 class Config(Section):
     engine: EngineConfig = Field(default_factory=EngineConfig, description="The Docker engine.")
     agent: AgentConfig = Field(default_factory=AgentConfig, description="The agent itself.")
     logs: LogsConfig = Field(default_factory=LogsConfig, description="Log reading.")
+    stats: StatsConfig = Field(default_factory=StatsConfig, description="Container stats.")
     containers: ContainerFilter = Field(
         default_factory=ContainerFilter,
         description="Which containers are followed at all (logs and events).",
@@ -246,7 +267,8 @@ def reference_markdown() -> str:
     lines = ["### Top level", "", *head]
     lines += _rows(Config, "", skip={"exporters"})
     lines += [
-        "| `exporters` | mapping | `records: {type: file, path: ./var/records.ndjson}` | "
+        "| `exporters` | mapping | `records: {type: file, path: ./var/records.ndjson}`, "
+        "`metrics: {type: prometheus, listen: 127.0.0.1:9811}` | "
         f"{Config.model_fields['exporters'].description} |",
         "",
         "### Every exporter",

@@ -18,6 +18,7 @@ import structlog
 
 from agent.docker import Engine, EngineError
 from agent.filters import ContainerFilter
+from agent.inventory import Inventory
 from agent.logs import LogFollowers
 from agent.logstream import Position
 from agent.record import (
@@ -48,6 +49,7 @@ class Discovery:
         backoff: Backoff,
         host: str,
         start_at: str = "beginning",
+        inventory: Inventory | None = None,
     ) -> None:
         self.engine = engine
         self.followers = followers
@@ -56,6 +58,7 @@ class Discovery:
         self.backoff = backoff
         self.host = host
         self.start_at = start_at
+        self.inventory = inventory if inventory is not None else Inventory()
         self.connected = asyncio.Event()
         self.reconnects = 0
         self.events_seen = 0
@@ -110,15 +113,23 @@ class Discovery:
         existing = {c["Id"] for c in listed}
         now = normalize_timestamp(info["SystemTime"]) if info.get("SystemTime") else None
         for c in listed:
+            meta = ContainerMeta.from_list(c, self.host)
+            if self.containers.accepts(meta) and (
+                c.get("State") == "running" or meta.id in self.inventory.containers
+            ):
+                self.inventory.seen_in_listing(meta, c.get("State") or "created")
             if c.get("State") == "running" or c["Id"] in self.followers.positions:
                 if initial and self.start_at == "now" and now:
                     # Lines at or before the engine's clock count as delivered.
                     self.followers.positions.setdefault(
                         c["Id"], {s: Position(now, 1 << 62) for s in ("stdout", "stderr")}
                     )
-                self.followers.follow(ContainerMeta.from_list(c, self.host))
+                self.followers.follow(meta)
         if not initial:
             self.followers.prune(existing)
+            for cid in list(self.inventory.containers):
+                if cid not in existing:
+                    del self.inventory.containers[cid]
         self.connected.set()
 
     async def _events(self) -> None:
@@ -156,4 +167,5 @@ class Discovery:
             self.followers.forget(cid)
         if not self.containers.accepts(meta):
             return
+        self.inventory.on_event(meta, action, attributes, time_ns)
         await self.send([Record.event(format_timestamp_ns(time_ns), meta, action, attributes)])

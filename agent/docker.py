@@ -92,6 +92,12 @@ class Engine:
     async def inspect(self, container_id: str) -> dict[str, Any]:
         return await self._get(f"containers/{container_id}/json")
 
+    async def stats(self, container_id: str) -> dict[str, Any]:
+        """One stats reading: ``one-shot`` skips the engine's one-second pre-sample wait."""
+        return await self._get(
+            f"containers/{container_id}/stats", {"stream": "0", "one-shot": "1"}
+        )
+
     @contextlib.asynccontextmanager
     async def logs(
         self, container_id: str, since: str | None = None, follow: bool = True

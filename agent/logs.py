@@ -18,6 +18,7 @@ import structlog
 
 from agent.docker import Engine, EngineError, NotFound
 from agent.filters import ContainerFilter
+from agent.inventory import Inventory
 from agent.logstream import LogDecoder, Position, advance
 from agent.record import ContainerMeta, Record, timestamp_to_unix
 
@@ -123,6 +124,22 @@ class ContainerReader:
         advance(self.followers.positions.setdefault(self.meta.id, {}), batch)
         self.lines += len(batch)
         self.last_timestamp = batch[-1].timestamp
+        info = self.followers.inventory.containers.get(self.meta.id)
+        if info is not None:
+            out = err = 0
+            out_chars = err_chars = 0
+            for rec in batch:
+                if rec.stream == "stderr":
+                    err += 1
+                    err_chars += len(rec.message)  # type: ignore[arg-type]
+                else:
+                    out += 1
+                    out_chars += len(rec.message)  # type: ignore[arg-type]
+            info.log_lines["stdout"] += out
+            info.log_lines["stderr"] += err
+            info.log_bytes["stdout"] += out_chars
+            info.log_bytes["stderr"] += err_chars
+            info.last_log_timestamp = self.last_timestamp
 
     async def run(self) -> None:
         positions = self.followers.positions.setdefault(self.meta.id, {})
@@ -171,6 +188,7 @@ class LogFollowers:
         self.host = host
         self.backoff_delay = backoff_delay
         self.positions: dict[str, dict[str, Position]] = {}
+        self.inventory = Inventory()  # the runtime shares its own
         self.metas: dict[str, ContainerMeta] = {}
         self.readers: dict[str, ContainerReader] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -201,6 +219,7 @@ class LogFollowers:
             return
         reader = ContainerReader(self.metas[cid], self.source, self)
         self.readers[cid] = reader
+        self.inventory.get(self.metas[cid]).log_source = self.source.name
         task = asyncio.create_task(reader.run(), name=f"logs:{meta.name}")
         self._tasks[cid] = task
         task.add_done_callback(lambda t, cid=cid: self._done(cid, t))

@@ -178,6 +178,7 @@ class Pipeline:
 
     def __init__(self, runners: Sequence[ExporterRunner]) -> None:
         self.runners = list(runners)
+        self._takers = [r for r in self.runners if r.exporter.accepts_records]
         self.accepting = True
 
     async def start(self) -> None:
@@ -190,7 +191,7 @@ class Pipeline:
         if not batch:
             return
         waits = []
-        for runner in self.runners:
+        for runner in self._takers:
             part = runner.wants(batch)
             if not part:
                 continue

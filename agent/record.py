@@ -121,7 +121,7 @@ _EVENT_ONLY_ATTRIBUTES = (
 
 
 class Record:
-    """One log line or one container event (later: one stats sample).
+    """One log line, one container event or one stats sample.
 
     ``timestamp`` is the engine's RFC 3339 stamp with nanoseconds, kept as the engine
     wrote it: it orders records and is the resume position after a reconnect.
@@ -134,6 +134,7 @@ class Record:
         "kind",
         "message",
         "meta",
+        "stats",
         "stream",
         "timestamp",
         "truncated",
@@ -149,6 +150,7 @@ class Record:
         truncated: bool = False,
         action: str | None = None,
         attributes: dict[str, str] | None = None,
+        stats: dict[str, Any] | None = None,
     ) -> None:
         self.kind = kind
         self.timestamp = timestamp
@@ -158,6 +160,7 @@ class Record:
         self.truncated = truncated
         self.action = action
         self.attributes = attributes
+        self.stats = stats
         self._json: bytes | None = None
 
     @classmethod
@@ -171,6 +174,10 @@ class Record:
         cls, timestamp: str, meta: ContainerMeta, action: str, attributes: dict[str, str]
     ) -> Record:
         return cls("event", timestamp, meta, action=action, attributes=attributes)
+
+    @classmethod
+    def stats_sample(cls, timestamp: str, meta: ContainerMeta, stats: dict[str, Any]) -> Record:
+        return cls("stats", timestamp, meta, stats=stats)
 
     @property
     def fields(self) -> dict[str, Any] | None:
@@ -196,6 +203,8 @@ class Record:
             if fields is not None:
                 body += b',"fields":' + _dumps(fields)
             return head + body + b"}"
+        if self.kind == "stats":
+            return head + b',"stats":' + _dumps(self.stats) + b"}"
         return (
             head
             + b',"action":'

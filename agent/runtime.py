@@ -20,9 +20,12 @@ from agent import __version__
 from agent.config import Config
 from agent.discovery import Discovery
 from agent.docker import Engine, EngineError
+from agent.inventory import Inventory
 from agent.logs import ApiLogSource, LogFollowers
 from agent.pipeline import ExporterRunner, Pipeline
 from agent.retry import Backoff
+from agent.stats import StatsCollector
+from agent.telemetry import AgentState
 from exporters.base import REGISTRY
 
 log = structlog.get_logger("agent.runtime")
@@ -39,6 +42,8 @@ class Runtime:
         self.pipeline: Pipeline | None = None
         self.followers: LogFollowers | None = None
         self.discovery: Discovery | None = None
+        self.stats: StatsCollector | None = None
+        self.state: AgentState | None = None
         self._signals = 0
 
     def _backoff(self) -> Backoff:
@@ -76,12 +81,6 @@ class Runtime:
             for name, ec in cfg.exporters.items()
         ]
         self.pipeline = Pipeline(runners)
-        try:
-            await self.pipeline.start()
-        except (OSError, ValueError) as exc:
-            await self.engine.close()
-            log.error("exporter_start_failed", error=str(exc))
-            return EXIT_USAGE
 
         backoff = self._backoff()
         self.followers = LogFollowers(
@@ -92,6 +91,8 @@ class Runtime:
             host,
             backoff.delay,
         )
+        inventory = Inventory()
+        self.followers.inventory = inventory
         self.discovery = Discovery(
             self.engine,
             self.followers,
@@ -100,13 +101,38 @@ class Runtime:
             backoff,
             host,
             cfg.logs.start_at,
+            inventory,
         )
+        if cfg.stats.enabled:
+            self.stats = StatsCollector(
+                self.engine,
+                inventory,
+                cfg.stats.source,
+                cfg.stats.cgroup_root,
+                cfg.stats.interval_seconds,
+                self.pipeline.send if cfg.stats.records else None,
+            )
+        self.state = AgentState(
+            inventory, self.pipeline, self.discovery, self.followers, self.stats
+        )
+        for runner in runners:
+            runner.exporter.bind(self.state)
+        try:
+            await self.pipeline.start()
+        except (OSError, ValueError) as exc:
+            await self.pipeline.close(0)
+            await self.engine.close()
+            log.error("exporter_start_failed", error=str(exc))
+            return EXIT_USAGE
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
 
-        discovery_task = asyncio.create_task(self.discovery.run(first=info), name="discovery")
+        tasks = [asyncio.create_task(self.discovery.run(first=info), name="discovery")]
+        if self.stats is not None:
+            tasks.append(asyncio.create_task(self.stats.run(), name="stats"))
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10):
@@ -123,8 +149,9 @@ class Runtime:
             )
             await self.stopping.wait()
         finally:
-            discovery_task.cancel()
-            await asyncio.gather(discovery_task, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.followers.close()
             await self.pipeline.close(cfg.agent.shutdown_timeout_seconds)
             await self.engine.close()

@@ -51,10 +51,14 @@ class Exporter(abc.ABC):
 
     type_name: ClassVar[str]
     config_class: ClassVar[type[ExporterConfig]]
+    accepts_records: ClassVar[bool] = True  # False: the pipeline sends it no batches
 
     def __init__(self, name: str, config: Any) -> None:
         self.name = name
         self.config = config
+
+    def bind(self, state: Any) -> None:  # noqa: B027 - optional hook
+        """Receives the agent's state (``agent.telemetry.AgentState``) before ``start``."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Opens files or connections; raising here stops the agent before it reads."""

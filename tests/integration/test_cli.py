@@ -82,7 +82,10 @@ async def test_run_with_defaults_then_sigterm_drains_and_exits_0(
         assert first["engine_version"] and first["api_version"]
         assert first["containers"] == 0
         out = tmp_path / "var" / "records.ndjson"
-        assert first["exporters"] == {"records": f"file:{out}"}
+        assert first["exporters"] == {
+            "records": f"file:{out}",
+            "metrics": "http://127.0.0.1:9811/metrics",
+        }
 
         n = 20000
         cid = await containers.run(f"seq 1 {n}")

@@ -1,0 +1,314 @@
+"""Prometheus collectors: container metrics (cAdvisor names) and the agent's own health.
+
+Collectors read the agent's current state at scrape time and never call the engine; a
+container's series exist while the inventory holds it (stats series only while it runs),
+so they are gone at the first scrape after it stops or is removed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent.inventory import HEALTH, STATES, ContainerInfo, Inventory
+from agent.record import timestamp_to_unix
+
+if TYPE_CHECKING:
+    from agent.discovery import Discovery
+    from agent.logs import LogFollowers
+    from agent.pipeline import Pipeline
+    from agent.stats import StatsCollector
+
+_NS = 1e9
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def sanitize_label(name: str) -> str:
+    """cAdvisor's rule: ``container_label_`` + the name with every invalid char as ``_``."""
+    return "container_label_" + _INVALID.sub("_", name)
+
+
+@dataclass
+class AgentState:
+    """Everything the collectors may read; built by the runtime."""
+
+    inventory: Inventory
+    pipeline: Pipeline
+    discovery: Discovery
+    followers: LogFollowers
+    stats: StatsCollector | None = None
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Engine reachable and every exporter healthy; the details say why not."""
+        engine_ok = self.discovery.connected.is_set()
+        exporters = {}
+        for runner in self.pipeline.runners:
+            health = runner.exporter.health()
+            exporters[runner.name] = {"ok": health.ok, "detail": health.detail}
+        ok = engine_ok and all(e["ok"] for e in exporters.values())
+        body = {
+            "ready": ok,
+            "engine": {
+                "ok": engine_ok,
+                "host": self.discovery.engine.host,
+                "detail": "" if engine_ok else self.discovery.last_error,
+            },
+            "exporters": exporters,
+        }
+        return ok, body
+
+
+class ContainerCollector(Collector):
+    """Per-container metrics with cAdvisor's names, units and types."""
+
+    def __init__(self, state: AgentState, label_allowlist: Iterable[str] = ()) -> None:
+        self.state = state
+        self.allow = list(label_allowlist)
+        self.extra_names = [sanitize_label(k) for k in self.allow]
+
+    def _labels(self, info: ContainerInfo) -> tuple[list[str], list[str]]:
+        cgroup = None
+        stats = self.state.stats
+        if stats is not None and stats.cgroup is not None:
+            cgroup = stats.cgroup._paths.get(info.meta.id)
+        cid = "/" + (cgroup or f"docker/{info.meta.id}")
+        names = ["id", "name", "image", *self.extra_names]
+        values = [cid, info.meta.name, info.meta.image]
+        values += [info.meta.labels.get(k, "") for k in self.allow]
+        return names, values
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # series vary with the containers: no fixed description
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.time()
+        containers = list(self.state.inventory.containers.values())
+        if not containers:
+            return
+        names, _ = self._labels(containers[0])
+        fam: dict[str, Metric] = {}
+
+        def counter(key: str, doc: str, extra: tuple[str, ...] = ()) -> CounterMetricFamily:
+            if key not in fam:
+                fam[key] = CounterMetricFamily(key, doc, labels=[*names, *extra])
+            return fam[key]  # type: ignore[return-value]
+
+        def gauge(key: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            if key not in fam:
+                fam[key] = GaugeMetricFamily(key, doc, labels=[*names, *extra])
+            return fam[key]  # type: ignore[return-value]
+
+        for info in containers:
+            _, lv = self._labels(info)
+            s = info.stats
+            if s is not None:
+                counter(
+                    "container_cpu_usage_seconds",
+                    "Cumulative cpu time consumed in seconds.",
+                    ("cpu",),
+                ).add_metric([*lv, "total"], s.cpu_total_ns / _NS)
+                counter(
+                    "container_cpu_user_seconds", "Cumulative user cpu time consumed in seconds."
+                ).add_metric(lv, s.cpu_user_ns / _NS)
+                counter(
+                    "container_cpu_system_seconds",
+                    "Cumulative system cpu time consumed in seconds.",
+                ).add_metric(lv, s.cpu_system_ns / _NS)
+                gauge(
+                    "container_memory_usage_bytes",
+                    "Current memory usage in bytes, including "
+                    "all memory regardless of when it was accessed",
+                ).add_metric(lv, s.memory_usage)
+                gauge(
+                    "container_memory_working_set_bytes", "Current working set in bytes."
+                ).add_metric(lv, s.memory_working_set)
+                gauge("container_memory_rss", "Size of RSS in bytes.").add_metric(lv, s.memory_rss)
+                gauge("container_memory_cache", "Number of bytes of page cache memory.").add_metric(
+                    lv, s.memory_cache
+                )
+                gauge(
+                    "container_spec_memory_limit_bytes",
+                    "Memory limit for the container (0: unlimited).",
+                ).add_metric(lv, info.memory_limit or s.memory_limit)
+                gauge(
+                    "container_processes", "Number of processes running inside the container."
+                ).add_metric(lv, s.pids)
+                for iface, n in s.networks.items():
+                    ilv = [*lv, iface]
+                    for direction, prefix, verb in (
+                        ("receive", "rx", "received"),
+                        ("transmit", "tx", "transmitted"),
+                    ):
+                        for what, attr, doc in (
+                            ("bytes", "bytes", "bytes"),
+                            ("packets", "packets", "packets"),
+                            ("errors", "errors", "errors"),
+                            ("packets_dropped", "dropped", "packets dropped"),
+                        ):
+                            counter(
+                                f"container_network_{direction}_{what}",
+                                f"Cumulative count of {doc} {verb}",
+                                ("interface",),
+                            ).add_metric(ilv, getattr(n, f"{prefix}_{attr}"))
+                devices = set(s.io_read_bytes) | set(s.io_write_bytes)
+                for dev in sorted(devices):
+                    counter(
+                        "container_fs_reads_bytes", "Cumulative count of bytes read", ("device",)
+                    ).add_metric([*lv, dev], s.io_read_bytes.get(dev, 0))
+                    counter(
+                        "container_fs_writes_bytes",
+                        "Cumulative count of bytes written",
+                        ("device",),
+                    ).add_metric([*lv, dev], s.io_write_bytes.get(dev, 0))
+            gauge(
+                "container_last_seen", "Last time a container was seen by the exporter"
+            ).add_metric(lv, info.last_seen)
+            if info.started_at:
+                gauge(
+                    "container_start_time_seconds",
+                    "Start time of the container since unix epoch in seconds.",
+                ).add_metric(lv, info.started_at)
+            st = gauge(
+                "container_state",
+                "1 for the container's current state, 0 for the others.",
+                ("state",),
+            )
+            for state in STATES:
+                st.add_metric([*lv, state], 1.0 if info.state == state else 0.0)
+            hs = gauge(
+                "container_health_status",
+                "1 for the container's current health "
+                "status (none: no health check), 0 for the others.",
+                ("status",),
+            )
+            current = info.health or "none"
+            for status in (*HEALTH, "none"):
+                hs.add_metric([*lv, status], 1.0 if current == status else 0.0)
+            counter(
+                "container_restarts",
+                "Starts of the container after its first, as seen by the agent.",
+            ).add_metric(lv, info.restarts)
+            if info.exit_code is not None:
+                gauge(
+                    "container_last_exit_code", "Exit code of the container's last exit."
+                ).add_metric(lv, info.exit_code)
+            counter("container_oom_events", "OOM events of the container.").add_metric(
+                lv, info.oom_events
+            )
+            for stream in ("stdout", "stderr"):
+                slv = [*lv, stream]
+                counter(
+                    "container_log_lines", "Log lines delivered to the pipeline.", ("stream",)
+                ).add_metric(slv, info.log_lines[stream])
+                counter(
+                    "container_log_bytes",
+                    "Characters of log messages delivered (bytes for ASCII).",
+                    ("stream",),
+                ).add_metric(slv, info.log_bytes[stream])
+            if info.last_log_timestamp:
+                gauge(
+                    "container_agent_log_read_lag_seconds",
+                    "Now minus the engine timestamp of the last log line delivered.",
+                ).add_metric(lv, max(0.0, now - float(timestamp_to_unix(info.last_log_timestamp))))
+            if info.log_source:
+                gauge(
+                    "container_agent_log_source",
+                    "1 for the log source the agent reads this container from.",
+                    ("source",),
+                ).add_metric([*lv, info.log_source], 1.0)
+        yield from fam.values()
+
+
+class AgentCollector(Collector):
+    """The agent's own health: records in and out per exporter, queues, engine, readers."""
+
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.state
+        received = CounterMetricFamily(
+            "container_agent_records_received",
+            "Records handed to the exporter's queue.",
+            labels=["exporter"],
+        )
+        exported = CounterMetricFamily(
+            "container_agent_records_exported",
+            "Records the exporter accepted.",
+            labels=["exporter"],
+        )
+        dropped = CounterMetricFamily(
+            "container_agent_records_dropped",
+            "Records dropped, by reason.",
+            labels=["exporter", "reason"],
+        )
+        failures = CounterMetricFamily(
+            "container_agent_exporter_failures", "Failed sends (each retried).", labels=["exporter"]
+        )
+        depth = GaugeMetricFamily(
+            "container_agent_queue_records",
+            "Records waiting in the exporter's queue.",
+            labels=["exporter"],
+        )
+        capacity = GaugeMetricFamily(
+            "container_agent_queue_capacity_records",
+            "Capacity of the exporter's queue.",
+            labels=["exporter"],
+        )
+        up = GaugeMetricFamily(
+            "container_agent_exporter_healthy",
+            "1 when the exporter reports itself healthy.",
+            labels=["exporter"],
+        )
+        for r in st.pipeline.runners:
+            received.add_metric([r.name], r.received)
+            exported.add_metric([r.name], r.exported)
+            for reason in (
+                "queue_full",
+                "shutdown",
+                *sorted(set(r.dropped) - {"queue_full", "shutdown"}),
+            ):
+                dropped.add_metric([r.name, reason], r.dropped.get(reason, 0))
+            failures.add_metric([r.name], r.failures)
+            depth.add_metric([r.name], r.queue.size)
+            capacity.add_metric([r.name], r.queue.capacity)
+            up.add_metric([r.name], 1.0 if r.exporter.health().ok else 0.0)
+        yield from (received, exported, dropped, failures, depth, capacity, up)
+        yield CounterMetricFamily(
+            "container_agent_engine_reconnects",
+            "Times the agent reconnected to the engine.",
+            value=st.discovery.reconnects,
+        )
+        yield GaugeMetricFamily(
+            "container_agent_engine_connected",
+            "1 while the engine's event stream is open.",
+            value=1.0 if st.discovery.connected.is_set() else 0.0,
+        )
+        yield CounterMetricFamily(
+            "container_agent_engine_events",
+            "Container events received from the engine.",
+            value=st.discovery.events_seen,
+        )
+        yield GaugeMetricFamily(
+            "container_agent_containers_followed",
+            "Containers whose logs are being read now.",
+            value=st.followers.followed,
+        )
+        if st.stats is not None:
+            yield CounterMetricFamily(
+                "container_agent_stats_errors", "Stats readings that failed.", value=st.stats.errors
+            )
+            yield GaugeMetricFamily(
+                "container_agent_stats_round_seconds",
+                "Duration of the last stats round.",
+                value=st.stats.last_round_seconds,
+            )
