@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 ENGINE_DIR ?= /tmp/container-agent-engine
 export CA_ENGINE_DIR := $(ENGINE_DIR)
 
-.PHONY: run test unit integration bench lint docs engine engine-stop helm clean
+.PHONY: run test unit integration bench lint docs engine engine-stop tools clean
 
 $(BIN)/container-agent: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,11 +26,14 @@ engine:
 engine-stop:
 	scripts/test-engine.sh stop "$(ENGINE_DIR)"
 
-helm:
+# Tools the tests use besides the engine: Debian's prometheus server and a helm binary.
+tools:
+	@command -v prometheus >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 	scripts/install-helm.sh
 
 # The whole suite: unit tests, then integration tests against the private test engine.
-test: venv engine helm
+test: venv engine tools
 	$(BIN)/ruff check agent exporters tests bench
 	CA_TEST_DOCKER_HOST=$$(scripts/test-engine.sh host "$(ENGINE_DIR)") \
 	  $(BIN)/pytest -q -p no:cacheprovider tests
