@@ -201,3 +201,20 @@ async def test_api_and_cgroup_sources_agree(engine_host, containers) -> None:
         assert c.pids == a.pids
     finally:
         await engine.close()
+
+
+async def test_stats_as_records(start_agent, containers) -> None:
+    agent = await start_agent(stats={"interval_seconds": 0.5, "records": True})
+    cid = await containers.run("while :; do :; done")
+    await agent.wait_for(
+        lambda: sum(r["kind"] == "stats" and r["container_id"] == cid for r in agent.records())
+        >= 3,
+        what="3 stats records",
+    )
+    recs = [r for r in agent.records() if r["kind"] == "stats" and r["container_id"] == cid]
+    first, last = recs[0], recs[-1]
+    assert first["stats"]["cpu_percent"] is None
+    assert last["stats"]["cpu_percent"] > 30  # one busy loop on a 2-core machine
+    assert last["stats"]["cpu_usage_seconds"] > first["stats"]["cpu_usage_seconds"]
+    assert last["stats"]["pids"] >= 1 and last["stats"]["source"] in ("cgroup", "api")
+    assert set(last) >= {"kind", "timestamp", "container_id", "container_name", "image", "stats"}
