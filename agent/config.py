@@ -57,6 +57,19 @@ class LogsConfig(Section):
         description="Longest message kept in one record; longer lines are cut and marked "
         "`truncated`.",
     )
+    source: Literal["auto", "api", "files"] = Field(
+        "auto",
+        description="Where logs are read: `files` reads the json-file driver's files under "
+        "`containers_dir` (cheap, costs the engine nothing), `api` the engine's logs API; "
+        "`auto` reads a container's file when `containers_dir` is readable and the container "
+        "uses the json-file driver, else the API (`files` does the same but warns, once per "
+        "container, when it falls back).",
+    )
+    containers_dir: str = Field(
+        "/var/lib/docker/containers",
+        description="The engine's container directory (`<DockerRootDir>/containers`) as the "
+        "agent sees it, e.g. a read-only host mount.",
+    )
 
 
 class StatsConfig(Section):
@@ -73,6 +86,20 @@ class StatsConfig(Section):
     interval_seconds: float = Field(10.0, ge=0.5, description="Time between two readings.")
     records: bool = Field(
         False, description="Also send each reading as a `kind: stats` record to the exporters."
+    )
+
+
+class CheckpointsConfig(Section):
+    interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Most time between two checkpoint writes: after a SIGKILL, lines "
+        "delivered in the last interval are delivered again.",
+    )
+    on_corrupt: Literal["beginning", "now"] = Field(
+        "beginning",
+        description="An unreadable checkpoint file is moved aside; then read running "
+        "containers from the beginning of their logs (duplicates) or from now (a gap).",
     )
 
 
@@ -111,6 +138,12 @@ def _default_exporters() -> dict[str, Any]:
 
 class Config(Section):
     engine: EngineConfig = Field(default_factory=EngineConfig, description="The Docker engine.")
+    state_dir: str = Field(
+        "./var/state", description="Checkpoints and disk buffers live here."
+    )
+    checkpoints: CheckpointsConfig = Field(
+        default_factory=CheckpointsConfig, description="Delivered positions kept on disk."
+    )
     agent: AgentConfig = Field(default_factory=AgentConfig, description="The agent itself.")
     logs: LogsConfig = Field(default_factory=LogsConfig, description="Log reading.")
     stats: StatsConfig = Field(default_factory=StatsConfig, description="Container stats.")

@@ -58,6 +58,7 @@ class Discovery:
         self.backoff = backoff
         self.host = host
         self.start_at = start_at
+        self.resume_since = 0.0  # unix time of the last checkpoint before this start
         self.inventory = inventory if inventory is not None else Inventory()
         self.connected = asyncio.Event()
         self.reconnects = 0
@@ -108,8 +109,10 @@ class Discovery:
         else:
             seconds, frac = divmod(max(0, self._last_event_ns - _REPLAY_MARGIN_NS), 1_000_000_000)
             self._since = f"{seconds}.{frac:09d}"
-        # After an outage, also read to their end the containers that stopped meanwhile.
-        listed = await self.engine.list_containers(all=not initial)
+        # After an outage (or an agent restart with checkpoints), also read to their end the
+        # containers that stopped meanwhile, and those created since the last checkpoint.
+        list_all = not initial or bool(self.followers.positions) or bool(self.resume_since)
+        listed = await self.engine.list_containers(all=list_all)
         existing = {c["Id"] for c in listed}
         now = normalize_timestamp(info["SystemTime"]) if info.get("SystemTime") else None
         for c in listed:
@@ -118,14 +121,21 @@ class Discovery:
                 c.get("State") == "running" or meta.id in self.inventory.containers
             ):
                 self.inventory.seen_in_listing(meta, c.get("State") or "created")
-            if c.get("State") == "running" or c["Id"] in self.followers.positions:
-                if initial and self.start_at == "now" and now:
+            created_while_away = (
+                initial and self.resume_since and (c.get("Created") or 0) >= self.resume_since
+            )
+            if (
+                c.get("State") == "running"
+                or c["Id"] in self.followers.positions
+                or created_while_away
+            ):
+                if initial and self.start_at == "now" and now and not created_while_away:
                     # Lines at or before the engine's clock count as delivered.
                     self.followers.positions.setdefault(
                         c["Id"], {s: Position(now, 1 << 62) for s in ("stdout", "stderr")}
                     )
                 self.followers.follow(meta)
-        if not initial:
+        if list_all:
             self.followers.prune(existing)
             for cid in list(self.inventory.containers):
                 if cid not in existing:

@@ -110,6 +110,7 @@ class ContainerReader:
         self.decoder: LogDecoder | None = None
         self.rerun = False  # a start event arrived while this reader was finishing
         self.lines = 0
+        self.lost = 0  # lines the source knows it could not read (json-file rotation)
         self.bytes = 0
         self.last_timestamp: str | None = None
 
@@ -142,6 +143,15 @@ class ContainerReader:
             info.last_log_timestamp = self.last_timestamp
 
     async def run(self) -> None:
+        if self.followers.choose_source is not None:
+            self.source = await self.followers.choose_source(self.meta)
+            self.followers.inventory.get(self.meta).log_source = self.source.name
+        log.info(
+            "container_followed",
+            container=self.meta.name,
+            id=self.meta.id[:12],
+            source=self.source.name,
+        )
         positions = self.followers.positions.setdefault(self.meta.id, {})
         attempt = 0
         while True:
@@ -180,9 +190,11 @@ class LogFollowers:
         containers: ContainerFilter,
         host: str,
         backoff_delay: Callable[[int], float],
+        choose_source: Callable[[ContainerMeta], Awaitable[LogSource]] | None = None,
     ) -> None:
         self.engine = engine
-        self.source = source
+        self.source = source  # the default; ``choose_source`` picks one per container
+        self.choose_source = choose_source
         self.pipeline_send = pipeline_send
         self.containers = containers
         self.host = host
@@ -223,7 +235,6 @@ class LogFollowers:
         task = asyncio.create_task(reader.run(), name=f"logs:{meta.name}")
         self._tasks[cid] = task
         task.add_done_callback(lambda t, cid=cid: self._done(cid, t))
-        log.info("container_followed", container=meta.name, id=cid[:12], source=self.source.name)
 
     def _done(self, container_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(container_id, None)

@@ -12,9 +12,12 @@ import asyncio
 import collections
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
+from agent.buffer import DiskBuffer
+from agent.logstream import Position, advance
 from agent.record import Record
 from agent.retry import Backoff
 from exporters.base import Exporter, ExporterConfig
@@ -79,23 +82,39 @@ class RecordQueue:
 
 
 class ExporterRunner:
-    """Owns one exporter: its queue, its worker task, its counters."""
+    """Owns one exporter: its queue, its optional disk buffer, its workers, its counters.
 
-    def __init__(self, exporter: Exporter, config: ExporterConfig, backoff: Backoff) -> None:
+    ``acked`` holds, per container and stream, the position of the last log line this
+    exporter accepted (sent, or appended to its disk buffer); the checkpoint is the lowest
+    of these over the exporters that must not lose records (``durable``).
+    """
+
+    def __init__(
+        self,
+        exporter: Exporter,
+        config: ExporterConfig,
+        backoff: Backoff,
+        buffer: DiskBuffer | None = None,
+    ) -> None:
         self.exporter = exporter
         self.config = config
         self.name = exporter.name
         self.queue = RecordQueue(config.queue_records)
+        self.buffer = buffer
         self._backoff = backoff
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
-        self._in_flight = 0  # records handed to the exporter and not yet confirmed
+        self._in_flight = 0  # records taken from the memory queue and not yet accepted
         self.received = 0
         self.exported = 0
         self.dropped: collections.Counter[str] = collections.Counter()
         self.failures = 0
         self.last_error = ""
+        self.acked: dict[str, dict[str, Position]] = {}
+        self.durable = config.when_full == "block" and (
+            buffer is None or buffer.when_full == "block"
+        )
 
     def wants(self, batch: list[Record]) -> list[Record]:
         flt = self.config.containers
@@ -112,61 +131,115 @@ class ExporterRunner:
         await self.queue.put(batch)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._work(), name=f"exporter:{self.name}")
+        if self.buffer is None:
+            self._tasks = [asyncio.create_task(self._work(), name=f"exporter:{self.name}")]
+        else:
+            self._tasks = [
+                asyncio.create_task(self._spool(), name=f"exporter-spool:{self.name}"),
+                asyncio.create_task(self._unspool(), name=f"exporter:{self.name}"),
+            ]
+
+    def _ack(self, batch: list[Record]) -> None:
+        by_container: dict[str, list[Record]] = {}
+        for rec in batch:
+            if rec.kind == "log":
+                by_container.setdefault(rec.meta.id, []).append(rec)
+        for cid, records in by_container.items():
+            advance(self.acked.setdefault(cid, {}), records)
+
+    async def _send(self, batch: list[Record]) -> None:
+        """Sends until the exporter accepts the batch, backing off between failures."""
+        attempt = 0
+        while True:
+            try:
+                await self.exporter.send(batch)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an exporter's failure must not end its worker
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log.warning(
+                    "exporter_send_failed",
+                    exporter=self.name,
+                    error=self.last_error,
+                    records=len(batch),
+                    attempt=attempt,
+                    retry_in=round(delay, 3),
+                )
+                await asyncio.sleep(delay)
+        if attempt:
+            log.info("exporter_recovered", exporter=self.name, attempts=attempt)
+        self.exported += len(batch)
 
     async def _work(self) -> None:
         while True:
             batch = await self.queue.get(_COALESCE_RECORDS)
             self._in_flight = len(batch)
-            attempt = 0
-            while True:
-                try:
-                    await self.exporter.send(batch)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # an exporter's failure must not end its worker
-                    self.failures += 1
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    delay = self._backoff.delay(attempt)
-                    attempt += 1
-                    log.warning(
-                        "exporter_send_failed",
-                        exporter=self.name,
-                        error=self.last_error,
-                        records=len(batch),
-                        attempt=attempt,
-                        retry_in=round(delay, 3),
-                    )
-                    await asyncio.sleep(delay)
-            self.exported += len(batch)
+            await self._send(batch)
+            self._ack(batch)
             self._in_flight = 0
-            if attempt:
-                log.info("exporter_recovered", exporter=self.name, attempts=attempt)
             if not self.queue.size:
                 self._idle.set()
 
+    async def _spool(self) -> None:
+        """Memory queue → disk buffer; a batch on disk counts as accepted."""
+        assert self.buffer is not None
+        while True:
+            batch = await self.queue.get(_COALESCE_RECORDS)
+            self._in_flight = len(batch)
+            await self.buffer.append(batch)
+            self._ack(batch)
+            self._in_flight = 0
+            if not self.queue.size:
+                self._idle.set()
+
+    async def _unspool(self) -> None:
+        """Disk buffer → exporter, in order; the cursor moves once a batch is accepted."""
+        assert self.buffer is not None
+        while True:
+            records, cursor = await self.buffer.read(_COALESCE_RECORDS)
+            if records:
+                await self._send(records)
+            await self.buffer.commit(cursor)
+
+    @property
+    def buffered(self) -> int:
+        return self.buffer.records if self.buffer is not None else 0
+
     async def drain(self, deadline: float) -> None:
-        """Waits until the queue is empty and flushed, or the deadline passes."""
+        """Waits until the queue (and buffer) are empty and flushed, or the deadline passes.
+
+        With a disk buffer, what is still on disk at the deadline stays there for the next
+        start: it is neither lost nor counted as dropped.
+        """
         timeout = max(0.0, deadline - time.monotonic())
         try:
             async with asyncio.timeout(timeout):
                 while self.queue.size or not self._idle.is_set():
                     await self._idle.wait()
+                if self.buffer is not None:
+                    await self.buffer.wait_empty()
                 await self.exporter.flush()
         except TimeoutError:
             pass
 
     async def stop(self) -> None:
-        """Cancels the worker; what is still queued is counted as dropped and logged."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Cancels the workers; what is still queued in memory is counted as dropped."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         lost = self.queue.size + self._in_flight
         if lost:
             self.dropped["shutdown"] += lost
             log.error("exporter_drain_incomplete", exporter=self.name, lost=lost)
+        if self.buffer is not None:
+            if self.buffer.records:
+                log.info("buffer_kept", exporter=self.name, records=self.buffer.records)
+            await asyncio.to_thread(self.buffer.close)
         try:
             await self.exporter.close()
         except Exception as exc:  # closing must not stop the others from closing
@@ -183,6 +256,8 @@ class Pipeline:
 
     async def start(self) -> None:
         for runner in self.runners:
+            if runner.buffer is not None:
+                await asyncio.to_thread(runner.buffer.open)
             await runner.exporter.start()
         for runner in self.runners:
             runner.start()
@@ -202,6 +277,46 @@ class Pipeline:
         if waits:
             # Queue where there is room first; then wait for every full queue together.
             await asyncio.gather(*waits)
+
+    def delivered(self, metas: dict[str, Any]) -> dict[str, dict[str, Position]] | None:
+        """Per container and stream, the lowest position every durable exporter that takes
+        the container has accepted; None when no exporter is durable (then what was read
+        and queued is the checkpoint). A stream some durable exporter has not accepted
+        anything of yet is left out (its previous checkpoint stands)."""
+        durable = [r for r in self._takers if r.durable]
+        if not durable:
+            return None
+        out: dict[str, dict[str, Position]] = {}
+        for cid in set().union(*(r.acked for r in durable)):
+            meta = metas.get(cid)
+            holders = [
+                r
+                for r in durable
+                if meta is None
+                or r.config.containers.everything
+                or r.config.containers.accepts(meta)
+            ]
+            per: dict[str, Position] = {}
+            for stream in ("stdout", "stderr"):
+                best: Position | None = None
+                for r in holders:
+                    pos = r.acked.get(cid, {}).get(stream)
+                    if pos is None:
+                        best = None
+                        break
+                    if best is None or (pos.timestamp, pos.count) < (best.timestamp, best.count):
+                        best = pos
+                if best is not None:
+                    per[stream] = best
+            if per:
+                out[cid] = per
+        return out
+
+    def forget(self, keep: set[str]) -> None:
+        """Drops acknowledgement state of containers no longer known."""
+        for r in self.runners:
+            for cid in [c for c in r.acked if c not in keep]:
+                del r.acked[cid]
 
     async def close(self, drain_seconds: float) -> None:
         """Drains every exporter within ``drain_seconds`` overall, then closes them."""

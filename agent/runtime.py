@@ -12,21 +12,26 @@ import contextlib
 import os
 import signal
 import socket
+from pathlib import Path
 
 import structlog
 
 import exporters
 from agent import __version__
+from agent.buffer import DiskBuffer
+from agent.checkpoint import CheckpointError, CheckpointStore
 from agent.config import Config
 from agent.discovery import Discovery
 from agent.docker import Engine, EngineError
 from agent.inventory import Inventory
+from agent.jsonfile import JsonFileLogSource, SourceChooser
 from agent.logs import ApiLogSource, LogFollowers
+from agent.logstream import Position
 from agent.pipeline import ExporterRunner, Pipeline
 from agent.retry import Backoff
 from agent.stats import StatsCollector
 from agent.telemetry import AgentState
-from exporters.base import REGISTRY
+from exporters.base import REGISTRY, ExporterConfig
 
 log = structlog.get_logger("agent.runtime")
 
@@ -43,12 +48,68 @@ class Runtime:
         self.followers: LogFollowers | None = None
         self.discovery: Discovery | None = None
         self.stats: StatsCollector | None = None
+        self.checkpoints: CheckpointStore | None = None
+        self._checkpoint: dict[str, dict[str, Position]] = {}
         self.state: AgentState | None = None
         self._signals = 0
 
     def _backoff(self) -> Backoff:
         eng = self.config.engine
         return Backoff(eng.reconnect_min_seconds, eng.reconnect_max_seconds)
+
+    def _runner(self, name: str, ec: ExporterConfig) -> ExporterRunner:
+        buffer = None
+        if ec.buffer.type == "disk":
+            buffer = DiskBuffer(
+                Path(self.config.state_dir) / "buffers" / name,
+                ec.buffer.max_bytes,
+                ec.buffer.when_full,
+                ec.buffer.fsync,
+            )
+        return ExporterRunner(REGISTRY[ec.type](name, ec), ec, self._backoff(), buffer)
+
+    def _load_checkpoints(self) -> str:
+        """Seeds the readers' positions from the checkpoint file; returns the start policy
+        for containers without one."""
+        assert self.checkpoints is not None and self.followers is not None
+        try:
+            saved = self.checkpoints.load()
+        except CheckpointError as exc:
+            moved = self.checkpoints.quarantine()
+            log.error(
+                "checkpoint_unreadable",
+                path=str(self.checkpoints.path),
+                error=str(exc),
+                moved_to=str(moved) if moved else None,
+                policy=self.config.checkpoints.on_corrupt,
+            )
+            return self.config.checkpoints.on_corrupt
+        for cid, streams in saved.items():
+            self.followers.positions[cid] = dict(streams)
+            self._checkpoint[cid] = dict(streams)
+        if saved:
+            log.info("checkpoints_loaded", containers=len(saved), path=str(self.checkpoints.path))
+        return self.config.logs.start_at
+
+    def checkpoint_positions(self) -> dict[str, dict[str, Position]]:
+        """What the checkpoint says now: the positions every durable exporter accepted."""
+        assert self.pipeline is not None and self.followers is not None
+        known = set(self.followers.positions)
+        delivered = self.pipeline.delivered(self.followers.metas)
+        if delivered is None:  # no exporter must hold lines back: what was read counts
+            delivered = self.followers.positions
+        for cid, streams in delivered.items():
+            self._checkpoint.setdefault(cid, {}).update(streams)
+        for cid in [c for c in self._checkpoint if c not in known]:
+            del self._checkpoint[cid]
+        self.pipeline.forget(known)
+        return self._checkpoint
+
+    async def _checkpoint_loop(self) -> None:
+        assert self.checkpoints is not None
+        while True:
+            await asyncio.sleep(self.checkpoints.interval)
+            await self.checkpoints.write_async(self.checkpoint_positions())
 
     def request_stop(self) -> None:
         self._signals += 1
@@ -76,20 +137,22 @@ class Runtime:
         host = cfg.agent.hostname or info.get("Name") or socket.gethostname()
 
         exporters.load_all()
-        runners = [
-            ExporterRunner(REGISTRY[ec.type](name, ec), ec, self._backoff())
-            for name, ec in cfg.exporters.items()
-        ]
+        runners = [self._runner(name, ec) for name, ec in cfg.exporters.items()]
         self.pipeline = Pipeline(runners)
 
         backoff = self._backoff()
+        api_source = ApiLogSource(self.engine, cfg.logs.max_message_bytes)
+        files_source = JsonFileLogSource(
+            self.engine, cfg.logs.containers_dir, cfg.logs.max_message_bytes
+        )
         self.followers = LogFollowers(
             self.engine,
-            ApiLogSource(self.engine, cfg.logs.max_message_bytes),
+            api_source,
             self.pipeline.send,
             cfg.containers,
             host,
             backoff.delay,
+            choose_source=SourceChooser(cfg.logs.source, api_source, files_source),
         )
         inventory = Inventory()
         self.followers.inventory = inventory
@@ -103,6 +166,9 @@ class Runtime:
             cfg.logs.start_at,
             inventory,
         )
+        self.checkpoints = CheckpointStore(cfg.state_dir, cfg.checkpoints.interval_seconds)
+        self.discovery.start_at = self._load_checkpoints()
+        self.discovery.resume_since = self.checkpoints.written_at
         if cfg.stats.enabled:
             self.stats = StatsCollector(
                 self.engine,
@@ -130,7 +196,10 @@ class Runtime:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
 
-        tasks = [asyncio.create_task(self.discovery.run(first=info), name="discovery")]
+        tasks = [
+            asyncio.create_task(self.discovery.run(first=info), name="discovery"),
+            asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
+        ]
         if self.stats is not None:
             tasks.append(asyncio.create_task(self.stats.run(), name="stats"))
         try:
@@ -154,6 +223,8 @@ class Runtime:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.followers.close()
             await self.pipeline.close(cfg.agent.shutdown_timeout_seconds)
+            # After the drain, the checkpoint covers everything that was delivered.
+            await self.checkpoints.write_async(self.checkpoint_positions())
             await self.engine.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -20,6 +20,25 @@ from agent.record import Record
 from agent.section import Section
 
 
+class BufferConfig(Section):
+    """An optional disk-backed queue between the exporter's memory queue and the exporter."""
+
+    type: Literal["memory", "disk"] = Field(
+        "memory", description="`disk`: spool records to segment files under `state_dir`."
+    )
+    max_bytes: int = Field(
+        256 * 1024 * 1024, ge=4096, description="Size cap of the disk buffer."
+    )
+    when_full: Literal["block", "drop_newest", "drop_oldest"] = Field(
+        "block", description="What a full disk buffer does; every drop is counted."
+    )
+    fsync: bool = Field(
+        True,
+        description="fsync each appended batch (off: an agent crash loses nothing, a host "
+        "crash may).",
+    )
+
+
 class ExporterConfig(Section):
     """Options the pipeline applies to every exporter, whatever its type."""
 
@@ -37,6 +56,10 @@ class ExporterConfig(Section):
     containers: ContainerFilter = Field(
         default_factory=ContainerFilter,
         description="Which containers' records this exporter receives (default: all).",
+    )
+    buffer: BufferConfig = Field(
+        default_factory=BufferConfig,
+        description="Where records wait for the exporter: memory only, or also on disk.",
     )
 
 

@@ -144,6 +144,7 @@ async def start_agent(
             "exporters": {"records": {"type": "file", "path": str(path)}},
             "containers": {"include": {"label": [f"ca-test-run={containers.run_id}"]}},
             "agent": {"hostname": "test-host", "shutdown_timeout_seconds": 10},
+            "state_dir": str(tmp_path / f"state-{len(started)}"),
         }
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):

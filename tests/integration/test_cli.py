@@ -76,8 +76,11 @@ async def test_run_with_defaults_then_sigterm_drains_and_exits_0(
     )
     try:
         assert proc.stderr is not None
-        first = orjson.loads(await asyncio.to_thread(proc.stderr.readline))
-        assert first["event"] == "agent_started"
+        first: dict = {}
+        while first.get("event") != "agent_started":
+            line = await asyncio.to_thread(proc.stderr.readline)
+            assert line, "the agent exited before its start-up line"
+            first = orjson.loads(line)
         assert first["engine"] == engine_host
         assert first["engine_version"] and first["api_version"]
         assert first["containers"] == 0

@@ -168,3 +168,30 @@ def test_backoff_is_capped_full_jitter() -> None:
     assert b.ceiling(0) == 0.5 and b.ceiling(3) == 4 and b.ceiling(100) == 4
     delays = [b.delay(10) for _ in range(200)]
     assert all(0 <= d <= 4 for d in delays) and max(delays) > 2 and min(delays) < 2
+
+
+async def test_checkpoint_is_the_lowest_position_over_durable_exporters() -> None:
+    fast, slow_gate = Memory("fast", Config()), asyncio.Event()
+    slow = Memory("slow", Config(), slow_gate)
+    dropper = Memory("dropper", Config(), asyncio.Event())  # never sends: must not matter
+    r_fast, r_slow = runner(fast), runner(slow)
+    r_drop = runner(dropper, when_full="drop_newest")
+    p = Pipeline([r_fast, r_slow, r_drop])
+    await p.start()
+    await p.send(recs(3))
+    await asyncio.sleep(0.05)
+    # fast accepted t0..t2, slow nothing yet: no position can be claimed for the stream
+    assert p.delivered({}) == {}
+    slow_gate.set()
+    await asyncio.sleep(0.05)
+    got = p.delivered({})
+    assert got["web"]["stdout"].timestamp == "t2"
+    assert r_drop.durable is False and r_fast.durable is True
+    p.forget(set())
+    assert p.delivered({}) == {}
+    await p.close(0.1)
+
+
+async def test_no_durable_exporter_means_no_hold_back() -> None:
+    p = Pipeline([runner(Memory("x", Config()), when_full="drop_newest")])
+    assert p.delivered({}) is None

@@ -1,0 +1,159 @@
+"""Checkpoints: per container and stream, the position every durable exporter has accepted.
+
+The file (``<state_dir>/checkpoints.json``) is rewritten atomically (temp file, fsync,
+rename, fsync of the directory) at most once per interval and once more at shutdown. A
+position is the engine timestamp of the last delivered line plus how many lines carried
+that timestamp, the same resume key the logs API readers use after a reconnect; after a
+SIGKILL, lines accepted since the last write are read again (the at-least-once window is
+one interval), and nothing is lost. An unreadable file is moved aside and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from agent.logstream import Position
+
+log = structlog.get_logger("agent.checkpoint")
+
+FILE_NAME = "checkpoints.json"
+VERSION = 1
+
+Positions = dict[str, dict[str, Position]]  # container id → stream → position
+
+
+class CheckpointError(Exception):
+    """The checkpoint file exists but cannot be used."""
+
+
+def _parse(data: bytes) -> tuple[Positions, float]:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CheckpointError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        raise CheckpointError(
+            f"unknown format (version {doc.get('version')!r})"
+            if isinstance(doc, dict)
+            else "not an object"
+        )
+    containers = doc.get("containers")
+    if not isinstance(containers, dict):
+        raise CheckpointError("no containers mapping")
+    out: Positions = {}
+    for cid, streams in containers.items():
+        if not isinstance(streams, dict):
+            raise CheckpointError(f"container {cid[:12]}: not a mapping")
+        per: dict[str, Position] = {}
+        for stream, pos in streams.items():
+            if (
+                stream not in ("stdout", "stderr")
+                or not isinstance(pos, dict)
+                or not isinstance(pos.get("timestamp"), str)
+                or not isinstance(pos.get("count"), int)
+            ):
+                raise CheckpointError(f"container {cid[:12]} stream {stream!r}: bad position")
+            per[stream] = Position(pos["timestamp"], pos["count"])
+        out[cid] = per
+    written = doc.get("written_at")
+    return out, float(written) if isinstance(written, int | float) else 0.0
+
+
+class CheckpointStore:
+    """Loads and writes the checkpoint file; all disk I/O runs in a thread."""
+
+    def __init__(self, state_dir: str, interval: float) -> None:
+        self.dir = Path(state_dir)
+        self.path = self.dir / FILE_NAME
+        self.interval = interval
+        self.written_at = 0.0  # of the loaded file: containers created later are new
+        self.writes = 0
+        self.write_seconds = 0.0
+        self.last_error = ""
+        self._last: bytes = b""
+
+    def load(self) -> Positions:
+        """The saved positions; {} when there is no file. Raises CheckpointError."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise CheckpointError(f"cannot read: {exc.strerror or exc}") from None
+        positions, self.written_at = _parse(data)
+        self._last = data
+        return positions
+
+    def quarantine(self) -> Path | None:
+        """Moves an unusable file aside (kept for inspection), so it is not read again."""
+        target = self.path.with_name(f"{FILE_NAME}.corrupt-{int(time.time())}")
+        try:
+            self.path.rename(target)
+        except OSError:
+            return None
+        return target
+
+    @staticmethod
+    def encode(positions: Positions) -> bytes:
+        return orjson.dumps(
+            {
+                "version": VERSION,
+                "written_at": time.time(),
+                "containers": {
+                    cid: {s: p.to_dict() for s, p in streams.items()}
+                    for cid, streams in positions.items()
+                    if streams
+                },
+            }
+        )
+
+    def write(self, positions: Positions) -> bool:
+        """Atomically replaces the file; False when nothing changed since the last write."""
+        body = self.encode(positions)
+        # Compare without the timestamp: no write when no position moved.
+        if self._last and _strip_time(self._last) == _strip_time(body):
+            return False
+        t0 = time.perf_counter()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(FILE_NAME + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._last = body
+        self.writes += 1
+        self.write_seconds += time.perf_counter() - t0
+        return True
+
+    async def write_async(self, positions: Positions) -> None:
+        try:
+            await asyncio.to_thread(self.write, positions)
+            self.last_error = ""
+        except OSError as exc:
+            if not self.last_error:
+                log.error("checkpoint_write_failed", path=str(self.path), error=str(exc))
+            self.last_error = str(exc)
+
+
+def _strip_time(body: bytes) -> Any:
+    with contextlib.suppress(orjson.JSONDecodeError):
+        doc = orjson.loads(body)
+        doc.pop("written_at", None)
+        return doc
+    return body

@@ -1,0 +1,157 @@
+"""Agent restarts: SIGKILL loses nothing (duplicates only inside the checkpoint window),
+SIGTERM neither loses nor duplicates; unusable state files are reported, never fatal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from agent.record import timestamp_to_unix
+
+N = 20000  # lines per container
+
+
+def agent_config(tmp: Path, engine_host: str, run_id: str, out: str) -> Path:
+    cfg = tmp / f"{out}.yaml"
+    cfg.write_bytes(
+        orjson.dumps(
+            {
+                "engine": {"host": engine_host},
+                "state_dir": str(tmp / "state"),
+                "checkpoints": {"interval_seconds": 1},
+                "containers": {"include": {"label": [f"ca-test-run={run_id}"]}},
+                "exporters": {"records": {"type": "file", "path": str(tmp / f"{out}.ndjson")}},
+                "agent": {"log_format": "json"},
+            }
+        )
+    )
+    return cfg
+
+
+def start(cfg: Path, tmp: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+        stderr=open(tmp / f"{cfg.stem}.stderr", "wb"),
+        env=env,
+        cwd=tmp,
+    )
+
+
+def logs(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [r for r in map(orjson.loads, path.read_bytes().splitlines()) if r["kind"] == "log"]
+
+
+async def wait_lines(path: Path, n: int, timeout: float = 60) -> None:
+    for _ in range(int(timeout / 0.1)):
+        if len(logs(path)) >= n:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{path.name}: fewer than {n} lines after {timeout}s")
+
+
+async def run_restart(tmp: Path, engine_host: str, containers, sig: int) -> dict:
+    script = (
+        f'i=0; while [ $i -lt {N} ]; do echo "seq $i"; i=$((i+1)); '
+        "[ $((i % 100)) -eq 0 ] && usleep 20000; done"
+    )
+    first = start(agent_config(tmp, engine_host, containers.run_id, "run1"), tmp)
+    try:
+        await asyncio.sleep(1.0)
+        ids = [await containers.run(script) for _ in range(3)]
+        await wait_lines(tmp / "run1.ndjson", 6000)
+        first.send_signal(sig)
+        assert await asyncio.to_thread(first.wait, 30) == (0 if sig == signal.SIGTERM else -9)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = start(agent_config(tmp, engine_host, containers.run_id, "run2"), tmp)
+    try:
+        for cid in ids:
+            await containers.wait(cid, timeout=120)
+        await wait_lines(tmp / "run2.ndjson", 1)
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            got = logs(tmp / "run1.ndjson") + logs(tmp / "run2.ndjson")
+            per = {cid: {r["message"] for r in got if r["container_id"] == cid} for cid in ids}
+            if all(len(v) == N for v in per.values()):
+                break
+            assert asyncio.get_running_loop().time() < deadline, {
+                c[:12]: N - len(v) for c, v in per.items()
+            }
+            await asyncio.sleep(0.2)
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(second.wait, 30) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+    one, two = logs(tmp / "run1.ndjson"), logs(tmp / "run2.ndjson")
+    result = {}
+    for cid in ids:
+        a = [r for r in one if r["container_id"] == cid]
+        b = [r for r in two if r["container_id"] == cid]
+        seq = [int(r["message"].split()[1]) for r in a + b]
+        assert sorted(set(seq)) == list(range(N)), "lines lost"
+        assert [int(r["message"].split()[1]) for r in a] == list(range(len(a))), "run 1 order"
+        if b:
+            second_seq = [int(r["message"].split()[1]) for r in b]
+            assert second_seq == list(range(second_seq[0], N)), "run 2 order"
+        dups = [r for r in b if int(r["message"].split()[1]) < len(a)]
+        result[cid] = (a, dups)
+    return result
+
+
+async def test_sigkill_loses_nothing_and_duplicates_only_the_last_interval(
+    engine_host, containers, tmp_path
+) -> None:
+    result = await run_restart(tmp_path, engine_host, containers, signal.SIGKILL)
+    for first_run, dups in result.values():
+        if dups and first_run:
+            last = float(timestamp_to_unix(first_run[-1]["timestamp"]))
+            earliest_dup = float(timestamp_to_unix(dups[0]["timestamp"]))
+            # the window: one checkpoint interval (1 s) plus the write's own latency
+            assert last - earliest_dup <= 2.0, (last - earliest_dup, len(dups))
+
+
+async def test_sigterm_restart_neither_loses_nor_duplicates(
+    engine_host, containers, tmp_path
+) -> None:
+    result = await run_restart(tmp_path, engine_host, containers, signal.SIGTERM)
+    for _, dups in result.values():
+        assert dups == []
+
+
+async def test_corrupt_checkpoint_file_is_reported_and_moved_aside(
+    engine_host, containers, tmp_path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "checkpoints.json").write_bytes(b'{"version": 1, "containers": {"abc": {"std')
+    cid = await containers.run("echo hello; sleep 30")
+    cfg = agent_config(tmp_path, engine_host, containers.run_id, "out")
+    proc = start(cfg, tmp_path)
+    try:
+        await wait_lines(tmp_path / "out.ndjson", 1)
+        assert [r["message"] for r in logs(tmp_path / "out.ndjson")] == ["hello"]
+        assert logs(tmp_path / "out.ndjson")[0]["container_id"] == cid
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = (tmp_path / "out.stderr").read_text()
+    event = next(orjson.loads(x) for x in err.splitlines() if "checkpoint_unreadable" in x)
+    assert event["policy"] == "beginning" and "not JSON" in event["error"]
+    assert list(state.glob("checkpoints.json.corrupt-*"))
+    assert "Traceback" not in err
+    # the new file is valid and names the container
+    saved = orjson.loads((state / "checkpoints.json").read_bytes())
+    assert cid in saved["containers"]

@@ -1,0 +1,63 @@
+"""Checkpoint files: atomic writes, round trips, and every way a file can be unusable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.checkpoint import CheckpointError, CheckpointStore
+from agent.logstream import Position
+
+T1 = "2026-01-01T00:00:01.000000000Z"
+
+
+def test_round_trip_and_no_write_when_unchanged(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path / "state"), 1.0)
+    assert store.load() == {}
+    positions = {"c1": {"stdout": Position(T1, 2), "stderr": Position(T1, 1)}, "c2": {}}
+    assert store.write(positions) is True
+    assert store.write(positions) is False  # nothing moved: no disk write
+    assert not list((tmp_path / "state").glob("*.tmp"))
+    again = CheckpointStore(str(tmp_path / "state"), 1.0)
+    assert again.load() == {"c1": {"stdout": Position(T1, 2), "stderr": Position(T1, 1)}}
+    assert again.written_at > 0
+    positions["c1"]["stdout"] = Position(T1, 3)
+    assert store.write(positions) is True and store.writes == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b'{"version": 1, "containers": {"c1": {"stdout": {"timest', "not JSON"),  # torn
+        (b"[1, 2]", "not an object"),
+        (b'{"version": 99, "containers": {}}', "unknown format"),
+        (b'{"version": 1}', "no containers"),
+        (
+            b'{"version": 1, "containers": {"c1": {"stdin": {"timestamp": "t", "count": 1}}}}',
+            "bad position",
+        ),
+        (
+            b'{"version": 1, "containers": {"c1": {"stdout": {"timestamp": 5, "count": 1}}}}',
+            "bad position",
+        ),
+        (b"\xff\xfe\x00garbage", "not JSON"),
+    ],
+)
+def test_unusable_files_are_reported_and_moved_aside(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    store = CheckpointStore(str(tmp_path), 1.0)
+    store.path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=reason):
+        store.load()
+    moved = store.quarantine()
+    assert moved is not None and moved.read_bytes() == content
+    assert store.load() == {}
+
+
+def test_unreadable_directory_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints.json").mkdir()  # a directory where the file should be
+    with pytest.raises(CheckpointError, match="cannot read"):
+        CheckpointStore(str(tmp_path), 1.0).load()
