@@ -198,6 +198,24 @@ def test_configmap_holds_agent_config(default_docs: list[Doc]) -> None:
     assert config_volume["configMap"]["name"] == cm["metadata"]["name"]
 
 
+def test_chart_config_is_valid_for_the_agent_and_matches_the_mounts(
+    default_docs: list[Doc], tmp_path: Path
+) -> None:
+    """The chart's default config passes the agent's own validation (check-config), and
+    every host path it names is mounted into the container."""
+    from agent.config import load
+
+    cm = one(default_docs, "ConfigMap")
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    config = load(path)
+    mounts = {m["mountPath"]: m for m in agent_container(default_docs)["volumeMounts"]}
+    assert mounts[config.logs.containers_dir]["readOnly"] is True
+    assert mounts[config.stats.cgroup_root]["readOnly"] is True
+    assert config.state_dir.startswith("/var/lib/container-agent")
+    assert config.exporters["metrics"].listen.endswith(":9811")
+
+
 def test_daemonset_container(default_docs: list[Doc]) -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     container = agent_container(default_docs)
@@ -212,9 +230,9 @@ def test_daemonset_container(default_docs: list[Doc]) -> None:
         "requests": {"cpu": "50m", "memory": "64Mi"},
         "limits": {"memory": "256Mi"},
     }
-    # Probes are off by default (no HTTP endpoint before the prometheus exporter).
-    assert "livenessProbe" not in container
-    assert "readinessProbe" not in container
+    # Probes are on by default: the default config serves /healthz and /readyz.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
 
 def test_probes_when_enabled(helm_env: dict[str, str]) -> None:
