@@ -60,11 +60,32 @@ class ApiLogSource(LogSource):
     async def read(
         self, reader: ContainerReader, positions: dict[str, Position], emit: Emit
     ) -> StreamEnd:
+        await self._stream(reader, positions, emit, follow=True)
+        # The engine ends a followed stream when the container stops, or when it restarts.
+        try:
+            info = await self.engine.inspect(reader.meta.id)
+            running = bool((info.get("State") or {}).get("Running"))
+        except NotFound:
+            running = False
+        if running:
+            return StreamEnd.REOPEN
+        # Engines (seen with 20.10) sometimes end a followed stream at the container's exit
+        # before its last lines; the log still holds them. Read once more, without follow,
+        # from what was delivered: the decoder skips what is already out.
+        decoder = await self._stream(reader, positions, emit, follow=False)
+        tail = decoder.finish()
+        if tail:
+            await emit(tail)
+        return StreamEnd.STOPPED
+
+    async def _stream(
+        self, reader: ContainerReader, positions: dict[str, Position], emit: Emit, follow: bool
+    ) -> LogDecoder:
         decoder = LogDecoder(reader.meta, self.max_message_bytes, resume=positions)
         reader.decoder = decoder
         since = min((p.timestamp for p in positions.values()), default=None)
         async with self.engine.logs(
-            reader.meta.id, since=timestamp_to_unix(since) if since else None
+            reader.meta.id, since=timestamp_to_unix(since) if since else None, follow=follow
         ) as stream:
             try:
                 while True:
@@ -81,18 +102,7 @@ class ApiLogSource(LogSource):
                 if type(exc).__module__.startswith("aiohttp"):
                     raise EngineError(f"log stream of {reader.meta.name}: {exc}") from exc
                 raise
-        # The engine ends a followed stream when the container stops, or when it restarts.
-        try:
-            info = await self.engine.inspect(reader.meta.id)
-            running = bool((info.get("State") or {}).get("Running"))
-        except NotFound:
-            running = False
-        if running:
-            return StreamEnd.REOPEN
-        tail = decoder.finish()
-        if tail:
-            await emit(tail)
-        return StreamEnd.STOPPED
+        return decoder
 
 
 class ContainerReader:

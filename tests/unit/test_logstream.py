@@ -134,3 +134,61 @@ def test_advance_counts_lines_at_last_timestamp_across_batches() -> None:
     _, err = decode_all(frame(2, f"{t1} e\n".encode()), 100)
     advance(positions, err)
     assert positions["stderr"] == Position(t1, 1) and positions["stdout"] == Position(t2, 3)
+
+
+class _FakeStream:
+    def __init__(self, data: bytes) -> None:
+        self.chunks = [data[i : i + 1000] for i in range(0, len(data), 1000)]
+
+    async def readany(self) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+class _FakeEngine:
+    """A followed stream that ends early (as engines do at exit), then the whole log."""
+
+    def __init__(self, data: bytes, cut: int) -> None:
+        self.data, self.cut = data, cut
+        self.calls: list[tuple[str | None, bool]] = []
+
+    def logs(self, cid: str, since: str | None = None, follow: bool = True):
+        import contextlib
+
+        self.calls.append((since, follow))
+        data = self.data[: self.cut] if follow else self.data
+
+        @contextlib.asynccontextmanager
+        async def cm():
+            yield _FakeStream(data)
+
+        return cm()
+
+    async def inspect(self, cid: str) -> dict:
+        return {"State": {"Running": False}}
+
+
+async def test_api_source_rereads_when_the_followed_stream_ends_early() -> None:
+    from agent.logs import ApiLogSource, StreamEnd
+
+    lines = [
+        frame(1 + i % 2, f"2026-01-01T00:00:00.{i:09d}Z line {i}\n".encode()) for i in range(200)
+    ]
+    data = b"".join(lines)
+    cut = sum(len(x) for x in lines[:120])  # the follow stream stops after 120 lines
+    engine = _FakeEngine(data, cut)
+    source = ApiLogSource(engine, 1 << 20)  # type: ignore[arg-type]
+    got: list = []
+    positions: dict[str, Position] = {}
+
+    async def emit(batch: list) -> None:
+        got.extend(batch)
+        advance(positions, batch)
+
+    class Reader:
+        meta = meta()
+        decoder = None
+
+    end = await source.read(Reader(), positions, emit)  # type: ignore[arg-type]
+    assert end is StreamEnd.STOPPED
+    assert [r.message for r in got] == [f"line {i}" for i in range(200)]
+    assert engine.calls[1][1] is False and engine.calls[1][0] is not None
