@@ -47,6 +47,22 @@ def _translate(exc: BaseException, what: str) -> EngineError:
     return EngineError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+# aiohttp's default 64 KiB read buffer pauses and resumes the socket on nearly every
+# chunk of a busy log stream (profiled: ~8 % of the loop); 1 MiB means fewer, larger reads.
+_READ_BUFSIZE = 1 << 20
+
+
+def _client(host: str) -> aiodocker.Docker:
+    if host.startswith("unix://"):
+        connector = aiohttp.UnixConnector(host.removeprefix("unix://"))
+        session = aiohttp.ClientSession(connector=connector, read_bufsize=_READ_BUFSIZE)
+        # "unix://localhost" is the URL base aiodocker itself uses with a unix connector.
+        docker = aiodocker.Docker(url="unix://localhost", connector=connector, session=session)
+        docker._connection_info = host  # error messages name the real socket
+        return docker
+    return aiodocker.Docker(url=host)
+
+
 class Engine:
     """A client of one Docker engine, shared by discovery and every reader."""
 
@@ -57,13 +73,15 @@ class Engine:
     @property
     def docker(self) -> aiodocker.Docker:
         if self._docker is None:
-            self._docker = aiodocker.Docker(url=self.host)
+            self._docker = _client(self.host)
         return self._docker
 
     async def close(self) -> None:
         if self._docker is not None:
             with contextlib.suppress(*_TRANSPORT_ERRORS, aiodocker.DockerError):
                 await self._docker.close()
+                if not self._docker._owns_session:  # ours: see _client
+                    await self._docker.session.close()
             self._docker = None
 
     async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:

@@ -31,6 +31,7 @@ class ContainerMeta:
         "id",
         "image",
         "labels",
+        "log_prefixes",
         "name",
         "project",
         "service",
@@ -52,6 +53,7 @@ class ContainerMeta:
         self.labels: dict[str, str] = dict(labels or {})
         self.host = host
         self.tty = tty
+        self.log_prefixes: dict[str, bytes] = {}
         self.project = self.labels.get(COMPOSE_PROJECT)
         self.service = self.labels.get(COMPOSE_SERVICE)
         # '"container_id":...,"service":...' without braces, spliced into every record.
@@ -192,17 +194,39 @@ class Record:
         return data
 
     def _encode(self) -> bytes:
-        head = b'{"kind":"' + self.kind.encode() + b'","timestamp":"' + self.timestamp.encode()
-        head += b'",' + self.meta.fragment
+        meta = self.meta
         if self.kind == "log":
-            body = b',"stream":"' + (self.stream or "stdout").encode() + b'","message":'
-            body += _dumps(self.message)
-            if self.truncated:
-                body += b',"truncated":true'
-            fields = _json_fields(self.message)
-            if fields is not None:
-                body += b',"fields":' + _dumps(fields)
-            return head + body + b"}"
+            # '{"kind":"log",<metadata>,"stream":"…","timestamp":"' is the same for every
+            # line of a container's stream: built once, then one join per record.
+            stream = self.stream or "stdout"
+            prefix = meta.log_prefixes.get(stream)
+            if prefix is None:
+                prefix = meta.log_prefixes[stream] = (
+                    b'{"kind":"log",'
+                    + meta.fragment
+                    + b',"stream":"'
+                    + stream.encode()
+                    + b'","timestamp":"'
+                )
+            message = self.message or ""
+            tail = b"}"
+            if self.truncated or (message[:1] == "{" and message[-1:] == "}"):
+                tail = b',"truncated":true}' if self.truncated else b"}"
+                fields = _json_fields(message)
+                if fields is not None:
+                    tail = tail[:-1] + b',"fields":' + _dumps(fields) + b"}"
+            return b"".join(
+                (prefix, self.timestamp.encode(), b'","message":', _dumps(message), tail)
+            )
+        head = (
+            b'{"kind":"'
+            + self.kind.encode()
+            + b'",'
+            + meta.fragment
+            + b',"timestamp":"'
+            + self.timestamp.encode()
+            + b'"'
+        )
         if self.kind == "stats":
             return head + b',"stats":' + _dumps(self.stats) + b"}"
         return (
