@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -53,14 +54,21 @@ _READ_BUFSIZE = 1 << 20
 
 
 def _client(host: str) -> aiodocker.Docker:
+    # No connection limit: every followed container holds one log stream open, and
+    # aiohttp's default of 100 would leave inspect and stats calls waiting behind them.
     if host.startswith("unix://"):
-        connector = aiohttp.UnixConnector(host.removeprefix("unix://"))
+        connector = aiohttp.UnixConnector(host.removeprefix("unix://"), limit=0)
         session = aiohttp.ClientSession(connector=connector, read_bufsize=_READ_BUFSIZE)
         # "unix://localhost" is the URL base aiodocker itself uses with a unix connector.
         docker = aiodocker.Docker(url="unix://localhost", connector=connector, session=session)
         docker._connection_info = host  # error messages name the real socket
         return docker
-    return aiodocker.Docker(url=host)
+    if host.startswith(("tcp://", "http://")) and os.environ.get("DOCKER_TLS_VERIFY") != "1":
+        connector = aiohttp.TCPConnector(limit=0)
+        session = aiohttp.ClientSession(connector=connector, read_bufsize=_READ_BUFSIZE)
+        url = "http://" + host.split("://", 1)[1]
+        return aiodocker.Docker(url=url, connector=connector, session=session)
+    return aiodocker.Docker(url=host)  # TLS and other schemes: aiodocker's own set-up
 
 
 class Engine:

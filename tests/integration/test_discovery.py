@@ -112,3 +112,31 @@ async def test_200_containers_come_and_go_without_leaking_tasks(start_agent, con
     assert len(asyncio.all_tasks()) == baseline
     assert followers.followed == 0
     assert not set(ids) & set(followers.positions), "positions of destroyed containers remain"
+
+
+async def test_more_than_100_long_running_containers_are_all_followed(
+    start_agent, containers
+) -> None:
+    """Each followed container holds a log stream open: the engine client must not cap
+    its connections (aiohttp's default is 100), or the 101st container is never read."""
+    agent = await start_agent(stats={"interval_seconds": 1})
+    sem = asyncio.Semaphore(8)
+
+    async def one(i: int) -> str:
+        async with sem:
+            return await containers.run(f"echo hello {i}; sleep 120")
+
+    ids = await asyncio.gather(*(one(i) for i in range(110)))
+    await agent.wait_for(
+        lambda: all(len(agent.logs(cid)) == 1 for cid in ids), timeout=90, what="110 lines"
+    )
+    inventory = agent.runtime.state.inventory
+    await agent.wait_for(
+        lambda: all(
+            (c := inventory.containers.get(cid)) is not None and c.stats is not None
+            for cid in ids
+        ),
+        timeout=60,
+        what="stats of all 110 containers",
+    )
+    assert agent.runtime.followers.followed >= 110
