@@ -1,0 +1,33 @@
+"""``format: ndjson``: one record per line, exactly as the file exporter writes them.
+
+For generic HTTP endpoints: Vector's ``http_server`` source (``decoding.codec: json``,
+``framing.method: newline_delimited``), Fluent Bit's ``http`` input, anything that splits
+a body on newlines. Content type ``application/x-ndjson``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from agent.record import Record
+from exporters.formats import Encoded
+
+
+class NdjsonEncoder:
+    content_type: ClassVar[str] = "application/x-ndjson"
+    default_path: ClassVar[str] = ""
+
+    def encode(self, records: Sequence[Record]) -> Encoded:
+        return Encoded(records, [r.json() for r in records])
+
+    def assemble(self, encoded: Encoded, indices: Sequence[int]) -> bytes:
+        parts = encoded.parts
+        if isinstance(indices, range) and indices.step == 1:
+            chosen = parts[indices.start : indices.stop]
+        else:
+            chosen = [parts[i] for i in indices]
+        if not chosen:
+            return b""
+        chosen.append(b"")
+        return b"\n".join(chosen)

@@ -1,0 +1,379 @@
+"""The http exporter against a scripted receiver on 127.0.0.1: retries, Retry-After,
+refused connections, dead letters, Elasticsearch per-item errors, 413 splits, auth and
+secrets, lingering. No engine."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from structlog.testing import capture_logs
+
+from agent.record import ContainerMeta, Record, format_timestamp_ns
+from exporters.http import HttpConfig, HttpExporter
+from tests.http_receiver import Answer, Got, Receiver, bulk_items
+
+META = ContainerMeta("c" * 64, "app", "busybox", {}, "h")
+FAST = {"initial_backoff_seconds": 0.01, "max_backoff_seconds": 0.05}
+
+
+def lines(start: int, n: int, meta: ContainerMeta = META) -> list[Record]:
+    now = time.time_ns()
+    return [
+        Record.log(format_timestamp_ns(now + i), meta, "stdout", f"line {start + i}", False)
+        for i in range(n)
+    ]
+
+
+def numbers(got: list[Got]) -> list[int]:
+    return [int(r["message"].split()[1]) for g in got for r in g.ndjson()]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[Any]:
+    made: list[HttpExporter] = []
+
+    async def make(receiver: Receiver, **options: Any) -> HttpExporter:
+        options.setdefault("retry", FAST)
+        options.setdefault("dead_letter_path", str(tmp_path / "dead.ndjson"))
+        cfg = HttpConfig(type="http", url=receiver.url, **options)
+        exp = HttpExporter("out", cfg)
+        await exp.start()
+        made.append(exp)
+        return exp
+
+    yield make
+    for exp in made:
+        await exp.close()
+
+
+async def until(check: Any, timeout: float = 10) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def dead_letters(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "dead.ndjson"
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+async def test_splits_batches_by_records_and_bytes(receiver: Receiver, make: Any) -> None:
+    exp = await make(receiver, batch={"max_records": 100, "max_bytes": 8192})
+    await exp.send(lines(0, 1000))
+    assert numbers(receiver.accepted) == list(range(1000))
+    assert all(len(g.body) <= 8192 for g in receiver.got)
+    assert all(len(g.ndjson()) <= 100 for g in receiver.got)
+    got = receiver.got[0]
+    assert got.headers["Content-Encoding"] == "gzip"
+    assert got.headers["Content-Type"] == "application/x-ndjson"
+    assert got.headers["User-Agent"].startswith("container-agent/")
+    assert got.wire_bytes < len(got.body)
+    assert exp.records_sent == 1000 and exp.requests == len(receiver.got)
+    assert exp.bytes_sent == sum(g.wire_bytes for g in receiver.got)
+    assert exp.last_status == 200 and exp.health().ok
+
+
+async def test_503_then_429_retry_after_then_refused_then_recovery(
+    receiver: Receiver, make: Any
+) -> None:
+    exp = await make(receiver)
+    receiver.script.extend([Answer(503, b"overloaded")] * 3)
+    receiver.script.append(Answer(429, b"slow down", {"Retry-After": "1"}))
+    send = asyncio.create_task(exp.send(lines(0, 50)))
+    # After the 429, stop listening past its Retry-After: the retries meet refused connections.
+    await until(lambda: any(g.status == 429 for g in receiver.got))
+    t429 = time.monotonic()
+    await receiver.stop()
+    await asyncio.sleep(1.5)
+    assert not send.done()
+    health = exp.health()
+    assert not health.ok and "retrying" in health.detail
+    assert "Connect" in health.detail  # a connection error now
+    await receiver.start()
+    await asyncio.wait_for(send, 10)
+    accepted = receiver.accepted
+    assert numbers(accepted) == list(range(50))  # once, in order
+    assert accepted[0].at - t429 >= 1.0
+    assert [g.status for g in receiver.got] == [503, 503, 503, 429, 200]
+    assert exp.retries >= 5  # 3 times 503, the 429, at least one refused connection
+    assert exp.health().ok
+
+
+async def test_retry_after_is_honoured(receiver: Receiver, make: Any) -> None:
+    exp = await make(receiver)
+    receiver.script.append(Answer(429, b"", {"Retry-After": "1"}))
+    await exp.send(lines(0, 3))
+    first, second = receiver.got
+    assert second.at - first.at >= 0.95  # not the 0.01-0.05 s back-off
+    assert numbers(receiver.accepted) == [0, 1, 2]
+
+
+async def test_retry_after_as_http_date(receiver: Receiver, make: Any) -> None:
+    exp = await make(receiver)
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 2))
+    receiver.script.append(Answer(503, b"", {"Retry-After": when}))
+    began = time.monotonic()
+    await exp.send(lines(0, 3))
+    assert time.monotonic() - began >= 0.9
+    assert numbers(receiver.accepted) == [0, 1, 2]
+
+
+async def test_timeouts_are_retried(receiver: Receiver, make: Any) -> None:
+    exp = await make(receiver, timeout_seconds=0.2)
+    receiver.delay = 0.5
+    task = asyncio.create_task(exp.send(lines(0, 5)))
+    await asyncio.sleep(0.6)
+    assert not task.done() and exp.retries >= 1
+    assert "TimeoutError" in exp.health().detail or "Timeout" in exp.health().detail
+    receiver.delay = 0
+    await asyncio.wait_for(task, 10)
+    assert exp.health().ok
+
+
+async def test_400_is_dead_lettered_and_counted_and_the_rest_flows(
+    receiver: Receiver, make: Any, tmp_path: Path
+) -> None:
+    exp = await make(receiver, batch={"max_records": 10})
+    receiver.script.extend([Answer(200), Answer(400, b'{"error":"bad field"}')])
+    with capture_logs() as logs:
+        await exp.send(lines(0, 30))
+    assert numbers(receiver.accepted) == list(range(10)) + list(range(20, 30))
+    dead = dead_letters(tmp_path)
+    assert [int(r["message"].split()[1]) for r in dead] == list(range(10, 20))
+    assert dead[0]["dead_letter"]["status"] == 400
+    assert dead[0]["dead_letter"]["response"] == '{"error":"bad field"}'
+    assert dead[0]["kind"] == "log" and dead[0]["container_id"] == META.id
+    assert exp.dead_lettered_records == 10 and exp.dead_lettered_batches == 1
+    assert exp.retries == 0  # a 4xx is not retried
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["http_dead_lettered"]
+    assert exp.health().ok  # a later request succeeded
+    receiver.script.append(Answer(403, b"forbidden"))
+    await exp.send(lines(30, 1))
+    assert not exp.health().ok and "403" in exp.health().detail
+
+
+async def test_unwritable_dead_letter_file_is_retried(
+    receiver: Receiver, make: Any, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    exp = await make(receiver, dead_letter_path=str(blocker / "dead.ndjson"))
+    receiver.script.append(Answer(422, b"no"))
+    task = asyncio.create_task(exp.send(lines(0, 2)))
+    await asyncio.sleep(0.3)
+    assert not task.done()  # the records are not accepted until they are on disk
+    assert "dead-letter file" in exp.health().detail
+    blocker.unlink()
+    await asyncio.wait_for(task, 10)
+    assert exp.dead_lettered_records == 2
+
+
+async def test_413_splits_the_request(receiver: Receiver, make: Any) -> None:
+    exp = await make(receiver)
+    receiver.default = lambda g: Answer(413) if len(g.ndjson()) > 3 else None
+    await exp.send(lines(0, 10))
+    assert numbers(receiver.accepted) == list(range(10))
+    assert exp.dead_lettered_records == 0
+    receiver.default = lambda g: Answer(413)
+    await exp.send(lines(10, 1))  # a single record too large for the backend: parked
+    assert exp.dead_lettered_records == 1
+
+
+async def test_elasticsearch_items_retried_or_dead_lettered_one_by_one(
+    receiver: Receiver, make: Any, tmp_path: Path
+) -> None:
+    decided: list[tuple[int, int]] = []  # (line number, status answered), in order
+
+    def status(source: dict[str, Any]) -> int:
+        n = int(source["message"].split()[1])
+        if n % 10 == 3:
+            st = 400  # e.g. a mapping conflict: never
+        elif n % 10 == 7 and all(m != n for m, _ in decided):
+            st = 429  # overloaded, the first time
+        else:
+            st = 201
+        decided.append((n, st))
+        return st
+
+    receiver.default = lambda g: bulk_items(g, status)
+    exp = await make(receiver, format="elasticsearch", elasticsearch={"pipeline": "logs"})
+    await exp.send(lines(0, 40))
+    assert receiver.got[0].path == "/_bulk" and receiver.got[0].query == {"pipeline": "logs"}
+    stored = [n for n, st in decided if st == 201]
+    assert sorted(stored) == [n for n in range(40) if n % 10 != 3]
+    assert len(stored) == len(set(stored))  # each stored once
+    assert len(receiver.got) == 2  # the retry carried only the 429 items
+    assert [n for n, _ in decided[40:]] == [7, 17, 27, 37]
+    dead = dead_letters(tmp_path)
+    assert [int(r["message"].split()[1]) for r in dead] == [3, 13, 23, 33]
+    assert dead[0]["dead_letter"]["status"] == 400
+    assert "mapper_parsing_exception" in dead[0]["dead_letter"]["response"]
+    assert exp.dead_lettered_records == 4 and exp.records_sent == 36
+
+
+async def test_auth_headers_arrive_and_secrets_never_show(
+    receiver: Receiver, make: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CA_TEST_TOKEN", "tok-3f9a1c-secret")
+    monkeypatch.setenv("CA_TEST_ORG", "team-a")
+    monkeypatch.setenv("CA_TEST_KEY", "key-77aa-secret")
+    # A backend that echoes the request's headers in its error answers.
+    receiver.script.extend(
+        [
+            Answer(503, b"Authorization: Bearer tok-3f9a1c-secret"),
+            Answer(400, b"bad request, key key-77aa-secret"),
+        ]
+    )
+    with capture_logs() as logs:
+        exp = await make(
+            receiver,
+            auth={"bearer_token_env": "CA_TEST_TOKEN"},
+            headers={"X-Scope-OrgID": "${CA_TEST_ORG}", "X-Api-Key": "${CA_TEST_KEY}"},
+        )
+        await exp.send(lines(0, 2))
+        await exp.send(lines(2, 2))
+    got = receiver.got[-1]
+    assert got.headers["Authorization"] == "Bearer tok-3f9a1c-secret"
+    assert got.headers["X-Scope-OrgID"] == "team-a"
+    assert got.headers["X-Api-Key"] == "key-77aa-secret"
+    events = [e["event"] for e in logs]
+    assert "http_send_failed" in events and "http_dead_lettered" in events
+    text = repr(logs) + exp.target() + exp.health().detail + repr(exp.counters())
+    text += (tmp_path / "dead.ndjson").read_text()
+    assert "tok-3f9a1c-secret" not in text and "key-77aa-secret" not in text
+    assert "**********" in text  # the echoed secrets were scrubbed
+
+
+async def test_basic_auth_from_environment(
+    receiver: Receiver, make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CA_TEST_PASSWORD", "pw-secret")
+    exp = await make(
+        receiver, auth={"basic": {"user": "agent", "password_env": "CA_TEST_PASSWORD"}}
+    )
+    await exp.send(lines(0, 1))
+    expected = base64.b64encode(b"agent:pw-secret").decode()
+    assert receiver.got[0].headers["Authorization"] == f"Basic {expected}"
+    # Credentials in the url become the same header and stay out of target().
+    user_url = receiver.url.replace("http://", "http://agent:pw-secret@")
+    cfg = HttpConfig(type="http", url=user_url, retry=FAST)
+    exp = HttpExporter("out", cfg)
+    await exp.start()
+    await exp.send(lines(1, 1))
+    assert receiver.got[1].headers["Authorization"] == f"Basic {expected}"
+    assert "pw-secret" not in exp.target()
+    await exp.close()
+
+
+async def test_missing_environment_variable_fails_start(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CA_TEST_NOPE", raising=False)
+    cfg = HttpConfig(type="http", url=receiver.url, auth={"bearer_token_env": "CA_TEST_NOPE"})
+    with pytest.raises(ValueError, match="CA_TEST_NOPE"):
+        await HttpExporter("out", cfg).start()
+
+
+class _Queue:
+    def __init__(self) -> None:
+        self.size = 0
+
+
+class _Runner:
+    def __init__(self, exporter: HttpExporter) -> None:
+        self.exporter = exporter
+        self.queue = _Queue()
+        self.buffer = None
+
+
+class _Pipeline:
+    def __init__(self, runner: _Runner) -> None:
+        self.runners = [runner]
+        self.accepting = True
+
+
+def bound(exp: HttpExporter) -> _Pipeline:
+    """Binds the exporter to a stand-in pipeline whose queue size the test controls."""
+    pipeline = _Pipeline(_Runner(exp))
+    exp.bind(SimpleNamespace(pipeline=pipeline))
+    return pipeline
+
+
+async def test_linger_while_records_trickle(receiver: Receiver, make: Any) -> None:
+    exp = await make(receiver, batch={"max_records": 100, "max_seconds": 0.5})
+    pipeline = bound(exp)
+    queue = pipeline.runners[0].queue
+    began = time.monotonic()
+    await exp.send(lines(0, 5))  # sent at once, then holds the worker
+    assert len(receiver.got) == 1 and receiver.got[0].at - began < 0.2
+    assert time.monotonic() - began >= 0.45
+    # A full request's worth waiting in the queue ends the hold.
+    task = asyncio.create_task(exp.send(lines(5, 5)))
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    queue.size = 100
+    await asyncio.wait_for(task, 0.2)
+    # So do flush() and a pipeline that stops accepting (shutdown).
+    queue.size = 0
+    task = asyncio.create_task(exp.send(lines(10, 5)))
+    await asyncio.sleep(0.05)
+    await exp.flush()
+    await asyncio.wait_for(task, 0.2)
+    task = asyncio.create_task(exp.send(lines(15, 5)))
+    await asyncio.sleep(0.05)
+    pipeline.accepting = False
+    await asyncio.wait_for(task, 0.2)
+    # A batch of max_records or more is not held.
+    pipeline.accepting = True
+    began = time.monotonic()
+    await exp.send(lines(20, 100))
+    assert time.monotonic() - began < 0.3
+    assert numbers(receiver.accepted) == list(range(120))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "path", "ctype"),
+    [
+        ("loki", "/loki/api/v1/push", "application/json"),
+        ("otlp", "/v1/logs", "application/json"),
+        ("ndjson", "/", "application/x-ndjson"),
+    ],
+)
+async def test_default_paths_and_content_types(
+    receiver: Receiver, make: Any, fmt: str, path: str, ctype: str
+) -> None:
+    exp = await make(receiver, format=fmt, compression="none")
+    await exp.send(lines(0, 3))
+    got = receiver.got[0]
+    assert (got.path, got.headers["Content-Type"]) == (path, ctype)
+    assert "Content-Encoding" not in got.headers and got.wire_bytes == len(got.body)
+
+
+async def test_redirects_are_not_followed(receiver: Receiver, make: Any, tmp_path: Path) -> None:
+    exp = await make(receiver)
+    receiver.script.append(Answer(308, b"", {"Location": "https://elsewhere.invalid/"}))
+    await exp.send(lines(0, 1))
+    assert len(receiver.got) == 1
+    assert (
+        "redirected to https://elsewhere.invalid/"
+        in dead_letters(tmp_path)[0]["dead_letter"]["response"]
+    )

@@ -1,0 +1,410 @@
+"""The http exporter's request bodies, parsed the way each backend parses them, its config
+(validation, masking of secrets) and its helpers. No network."""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from agent.cli import main as cli_main
+from agent.config import ConfigError, parse
+from agent.record import ContainerMeta, Record, encode_ndjson, format_timestamp_ns
+from exporters.formats import ts_to_ns, ts_to_ns_text
+from exporters.formats.elasticsearch import ElasticsearchEncoder, bulk_outcome
+from exporters.formats.loki import LokiEncoder, label_name
+from exporters.formats.ndjson import NdjsonEncoder
+from exporters.formats.otlp import OtlpEncoder, split_image
+from exporters.http import (
+    HttpConfig,
+    HttpExporter,
+    expand_env,
+    gzip_bytes,
+    masked_url,
+    retry_after_seconds,
+)
+
+WEB = ContainerMeta(
+    "a" * 64,
+    "/web",
+    "registry:5000/shop/web:1.4@sha256:abc",
+    {"com.docker.compose.project": "shop", "com.docker.compose.service": "web", "tier": "front"},
+    "node-1",
+)
+DB = ContainerMeta("b" * 64, "db", "postgres", {}, "node-1")
+T0 = 1_795_824_000_000_000_000  # 2026-11-28T00:00:00Z
+
+
+def ts(offset_ns: int) -> str:
+    return format_timestamp_ns(T0 + offset_ns)
+
+
+def sample() -> list[Record]:
+    return [
+        Record.log(ts(3), WEB, "stdout", "third by time", False),
+        Record.log(ts(1), WEB, "stdout", "first by time", False),
+        Record.log(ts(2), WEB, "stderr", "an error", True),
+        Record.log(ts(5), DB, "stdout", '{"level":"info","msg":"ready"}', False),
+        Record.event(ts(4), WEB, "die", {"exitCode": "1", "name": "web"}),
+        Record.stats_sample(ts(6), DB, {"cpu_percent": 1.5, "pids": 3, "network": {}}),
+    ]
+
+
+def everything(encoder: Any, records: list[Record]) -> bytes:
+    encoded = encoder.encode(records)
+    return encoder.assemble(encoded, range(len(records)))
+
+
+# -- timestamps ------------------------------------------------------------------------------
+
+
+def test_timestamps_to_nanoseconds() -> None:
+    assert ts_to_ns("2026-11-28T00:00:00.000000001Z") == T0 + 1
+    assert ts_to_ns("2026-11-28T01:00:00.5+01:00") == T0 + 500_000_000
+    assert ts_to_ns("2026-11-28T00:00:00Z") == T0
+    assert ts_to_ns(ts(123_456_789)) == T0 + 123_456_789
+    for stamp in ("2026-11-28T00:00:00.000000001Z", "2026-11-28T01:00:00.5+01:00", ts(7), ts(7)):
+        assert ts_to_ns_text(stamp) == str(ts_to_ns(stamp))  # twice: the cached path too
+
+
+# -- ndjson ----------------------------------------------------------------------------------
+
+
+def test_ndjson_is_the_file_format() -> None:
+    records = sample()
+    assert everything(NdjsonEncoder(), records) == encode_ndjson(records)
+
+
+# -- loki ------------------------------------------------------------------------------------
+
+
+def test_loki_push_body_streams_labels_and_order() -> None:
+    body = orjson.loads(everything(LokiEncoder(), sample()))
+    streams = {tuple(sorted(s["stream"].items())): s["values"] for s in body["streams"]}
+    web_out = (
+        ("container_name", "web"),
+        ("host", "node-1"),
+        ("project", "shop"),
+        ("service", "web"),
+        ("stream", "stdout"),
+    )
+    # Entries of a stream sorted by time, as Loki requires; timestamps are ns strings.
+    assert streams[web_out] == [[str(T0 + 1), "first by time"], [str(T0 + 3), "third by time"]]
+    web_err = tuple(sorted({**dict(web_out), "stream": "stderr"}.items()))
+    assert streams[web_err] == [[str(T0 + 2), "an error"]]
+    # A field without a value is no label (no compose project on db, no stream on events).
+    db_out = (("container_name", "db"), ("host", "node-1"), ("stream", "stdout"))
+    assert streams[db_out] == [[str(T0 + 5), '{"level":"info","msg":"ready"}']]
+    web_events = tuple(p for p in web_out if p[0] != "stream")
+    [[stamp, line]] = streams[web_events]
+    assert stamp == str(T0 + 4)
+    assert orjson.loads(line)["action"] == "die"  # events are sent as their JSON
+    assert len(streams) == 5  # the stats record is alone in the db stream without `stream`
+
+
+def test_loki_labels_and_line_format_are_configurable() -> None:
+    enc = LokiEncoder(["container_id", "label.com.docker.compose.project", "kind"], "json")
+    body = orjson.loads(everything(enc, sample()[:1]))
+    [stream] = body["streams"]
+    assert stream["stream"] == {
+        "container_id": WEB.id,
+        "com_docker_compose_project": "shop",
+        "kind": "log",
+    }
+    assert orjson.loads(stream["values"][0][1])["message"] == "third by time"
+    assert label_name("label.9lives") == "_9lives"
+    with pytest.raises(ValueError, match="unknown label field"):
+        LokiEncoder(["message"])
+
+
+def test_loki_labels_are_validated_in_the_config() -> None:
+    with pytest.raises(ConfigError, match=r"exporters\.out\.loki\.labels.*unknown label field"):
+        parse(
+            {
+                "exporters": {
+                    "out": {"type": "http", "url": "http://x", "loki": {"labels": ["message"]}}
+                }
+            }
+        )
+
+
+# -- elasticsearch ---------------------------------------------------------------------------
+
+
+def test_bulk_body_is_action_source_pairs() -> None:
+    records = sample()
+    lines = everything(ElasticsearchEncoder(), records).split(b"\n")
+    assert lines[-1] == b""  # newline-terminated, as _bulk requires
+    pairs = [
+        (orjson.loads(a), orjson.loads(s))
+        for a, s in zip(lines[0:-1:2], lines[1:-1:2], strict=True)
+    ]
+    assert len(pairs) == len(records)
+    for (action, source), rec in zip(pairs, records, strict=True):
+        assert action == {"create": {"_index": "container-logs-2026.11.28"}}
+        assert source["@timestamp"] == rec.timestamp
+        assert source == {"@timestamp": rec.timestamp, **rec.to_dict()}
+
+
+def test_bulk_index_pattern_uses_each_records_date() -> None:
+    enc = ElasticsearchEncoder("logs-%Y-%m-%d", "index")
+    before = Record.log("2026-11-27T23:59:59.999999999Z", WEB, "stdout", "a", False)
+    after = Record.log("2026-11-28T00:00:00.000000000Z", WEB, "stdout", "b", False)
+    lines = everything(enc, [before, after]).split(b"\n")
+    assert orjson.loads(lines[0]) == {"index": {"_index": "logs-2026-11-27"}}
+    assert orjson.loads(lines[2]) == {"index": {"_index": "logs-2026-11-28"}}
+    plain = ElasticsearchEncoder("logs-plain")
+    assert orjson.loads(everything(plain, [before]).split(b"\n")[0]) == {
+        "create": {"_index": "logs-plain"}
+    }
+
+
+def test_bulk_answer_items_sorted_into_ok_retry_and_dead() -> None:
+    answer = orjson.dumps(
+        {
+            "took": 3,
+            "errors": True,
+            "items": [
+                {"create": {"status": 201}},
+                {"create": {"status": 429, "error": {"type": "es_rejected_execution_exception"}}},
+                {"create": {"status": 400, "error": {"type": "mapper_parsing_exception"}}},
+                {"create": {"status": 503}},
+            ],
+        }
+    )
+    retry, dead = bulk_outcome(answer, [10, 11, 12, 13])  # type: ignore[misc]
+    assert retry == [11, 13]
+    assert [(i, s) for i, s, _ in dead] == [(12, 400)]
+    assert "mapper_parsing_exception" in dead[0][2]
+    assert bulk_outcome(b'{"errors":false,"items":[]}', [1, 2]) == ([], [])
+    assert bulk_outcome(b"not json", [1]) is None
+    assert bulk_outcome(b'{"errors":true,"items":[]}', [1]) is None  # count mismatch
+
+
+# -- otlp ------------------------------------------------------------------------------------
+
+
+def attrs(kvs: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for kv in kvs:
+        (_kind, value), *_ = kv["value"].items()
+        out[kv["key"]] = value
+    return out
+
+
+def test_otlp_logs_request() -> None:
+    body = orjson.loads(everything(OtlpEncoder(["tier"]), sample()))
+    resources = body["resourceLogs"]
+    assert len(resources) == 2  # one per container
+    web = resources[0]
+    assert attrs(web["resource"]["attributes"]) == {
+        "container.id": WEB.id,
+        "container.name": "web",
+        "container.image.name": "registry:5000/shop/web",
+        "container.image.tags": {"values": [{"stringValue": "1.4"}]},
+        "host.name": "node-1",
+        "docker.compose.project": "shop",
+        "docker.compose.service": "web",
+        "container.label.tier": "front",
+    }
+    [scope] = web["scopeLogs"]
+    assert scope["scope"]["name"] == "container-agent"
+    logs = scope["logRecords"]
+    assert [r["body"] for r in logs[:3]] == [
+        {"stringValue": "third by time"},
+        {"stringValue": "first by time"},
+        {"stringValue": "an error"},
+    ]
+    first = logs[0]
+    assert first["timeUnixNano"] == str(T0 + 3)  # int64 as a decimal string
+    assert isinstance(first["observedTimeUnixNano"], str)
+    assert int(first["observedTimeUnixNano"]) > T0 - 10**18
+    assert "severityText" not in first and "severityNumber" not in first
+    assert attrs(first["attributes"]) == {"log.iostream": "stdout"}
+    assert attrs(logs[2]["attributes"]) == {
+        "log.iostream": "stderr",
+        "container_agent.truncated": True,
+    }
+    event = logs[3]
+    assert event["body"] == {"stringValue": "die"}
+    assert attrs(event["attributes"]) == {
+        "event.name": "container.die",
+        "docker.event.exitCode": "1",
+        "docker.event.name": "web",
+    }
+    db = resources[1]
+    assert attrs(db["resource"]["attributes"])["container.image.name"] == "postgres"
+    assert "container.image.tags" not in attrs(db["resource"]["attributes"])
+    stats = db["scopeLogs"][0]["logRecords"][1]
+    assert attrs(stats["attributes"]) == {"event.name": "container.stats"}
+    values = {kv["key"]: kv["value"] for kv in stats["body"]["kvlistValue"]["values"]}
+    assert values["cpu_percent"] == {"doubleValue": 1.5}
+    assert values["pids"] == {"intValue": "3"}
+
+
+def test_image_reference_split() -> None:
+    assert split_image("nginx:1.27") == ("nginx", "1.27")
+    assert split_image("nginx") == ("nginx", None)
+    assert split_image("localhost:5000/app") == ("localhost:5000/app", None)
+    assert split_image("app@sha256:beef") == ("app", None)
+
+
+# -- splitting into requests -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "encoder",
+    [NdjsonEncoder(), LokiEncoder(), ElasticsearchEncoder(), OtlpEncoder()],
+    ids=["ndjson", "loki", "elasticsearch", "otlp"],
+)
+def test_split_honours_records_and_bytes(encoder: Any) -> None:
+    rng = random.Random(7)
+    metas = [ContainerMeta(f"{i:064x}", f"c{i}", "img:1", {}, "h") for i in range(5)]
+    records = [
+        Record.log(
+            ts(i),
+            rng.choice(metas),
+            rng.choice(["stdout", "stderr"]),
+            "x" * rng.randrange(1, 900),
+            False,
+        )
+        for i in range(3000)
+    ]
+    encoded = encoder.encode(records)
+    runs = encoded.split(max_records=400, max_bytes=64 * 1024)
+    assert [i for run in runs for i in run] == list(range(len(records)))  # all, in order
+    for run in runs:
+        assert len(run) <= 400
+        body = encoder.assemble(encoded, run)
+        assert len(body) <= encoded.size(run) <= 64 * 1024
+        orjson.loads(body) if encoder.content_type == "application/json" else None
+    # A record larger than max_bytes goes alone.
+    big = [Record.log(ts(0), metas[0], "stdout", "y" * 5000, False), *records[:3]]
+    runs = encoder.encode(big).split(max_records=10, max_bytes=2048)
+    assert list(runs[0]) == [0]
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+def http(**options: Any) -> dict[str, Any]:
+    return {"exporters": {"out": {"type": "http", "url": "https://logs.example:8443", **options}}}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"url": "ftp://x"}, "exporters.out.url"),
+        ({"url": "http://"}, "exporters.out.url"),
+        ({"format": "syslog"}, "exporters.out.format"),
+        ({"auth": {"bearer_token": "a", "bearer_token_env": "B"}}, "not both"),
+        ({"auth": {"bearer_token": "a", "basic": {"user": "u", "password": "p"}}}, "not both"),
+        ({"auth": {"basic": {"user": "u"}}}, "exactly one of password"),
+        ({"auth": {"basic": {"password": "p"}}}, "needs a user"),
+        ({"url": "http://u:p@x", "auth": {"bearer_token": "t"}}, "credentials in the url"),
+        ({"headers": {"Authorization": "x"}, "auth": {"bearer_token": "t"}}, "Authorization"),
+        ({"batch": {"max_records": 0}}, "exporters.out.batch.max_records"),
+        ({"retries": {}}, "exporters.out.retries: unknown key"),
+    ],
+)
+def test_config_errors_name_the_key(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        parse(http(**options))
+
+
+def test_config_defaults() -> None:
+    cfg = parse(http()).exporters["out"]
+    assert isinstance(cfg, HttpConfig)
+    assert cfg.format == "ndjson" and cfg.compression == "gzip"
+    assert (cfg.batch.max_records, cfg.batch.max_bytes, cfg.batch.max_seconds) == (
+        1000,
+        1024 * 1024,
+        1.0,
+    )
+    assert (cfg.retry.initial_backoff_seconds, cfg.retry.max_backoff_seconds) == (0.5, 30.0)
+    assert cfg.tls.verify is True and cfg.timeout_seconds == 10.0
+    assert cfg.loki.labels == ["container_name", "stream", "host", "project", "service"]
+    assert cfg.elasticsearch.index == "container-logs-%Y.%m.%d"
+
+
+def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        """
+exporters:
+  loki:
+    type: http
+    format: loki
+    url: https://tenant:url-secret-1@logs.example/loki/api/v1/push
+    headers: {X-Scope-OrgID: team-a, X-Api-Key: header-secret-2}
+  es:
+    type: http
+    format: elasticsearch
+    url: http://es:9200
+    auth: {basic: {user: elastic, password: basic-secret-3}}
+  otel:
+    type: http
+    format: otlp
+    url: http://otel:4318
+    auth: {bearer_token: bearer-secret-4}
+"""
+    )
+    assert cli_main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    for secret in ("url-secret-1", "header-secret-2", "basic-secret-3", "bearer-secret-4"):
+        assert secret not in out and secret not in err
+    dumped = orjson.loads(out)["exporters"]
+    assert dumped["loki"]["headers"] == {"X-Scope-OrgID": "team-a", "X-Api-Key": "**********"}
+    assert dumped["loki"]["url"] == "https://tenant:**********@logs.example/loki/api/v1/push"
+    assert dumped["es"]["auth"]["basic"] == {
+        "user": "elastic",
+        "password": "**********",
+        "password_env": None,
+    }
+    assert dumped["otel"]["auth"]["bearer_token"] == "**********"
+
+
+def test_target_and_repr_hide_secrets() -> None:
+    cfg = parse(http(url="https://u:pw-secret@logs.example/x?key=q-secret")).exporters["out"]
+    exp = HttpExporter("out", cfg)
+    assert exp.target() == "ndjson:https://logs.example/x"  # no credentials, no query
+    assert masked_url("https://u:p@h/x") == "https://u:**********@h/x"
+    cfg = parse(http(auth={"bearer_token": "tok-secret"})).exporters["out"]
+    assert "tok-secret" not in repr(cfg) and "tok-secret" not in str(cfg)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def test_retry_after_seconds_and_dates() -> None:
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(" 0 ") == 0.0
+    now = time.time()
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert 28 <= retry_after_seconds(date, now=now) <= 31  # type: ignore[operator]
+    past = email.utils.formatdate(now - 30, usegmt=True)
+    assert retry_after_seconds(past, now=now) == 0.0
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+
+
+def test_env_references_in_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CA_TEST_TENANT", "team-a")
+    assert expand_env("org-${CA_TEST_TENANT}", "h") == "org-team-a"
+    monkeypatch.delenv("CA_TEST_TENANT")
+    with pytest.raises(ValueError, match="CA_TEST_TENANT is not set"):
+        expand_env("${CA_TEST_TENANT}", "h")
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["isal-if-installed", "zlib"])
+@pytest.mark.parametrize("level", [1, 5, 9])
+def test_gzip_bodies_decode(fast: bool, level: int) -> None:
+    body = b"".join(b'{"n":%d,"msg":"request completed"}\n' % i for i in range(5000))
+    packed = gzip_bytes(body, level, fast=fast)
+    assert gzip.decompress(packed) == body and len(packed) < len(body) // 5
