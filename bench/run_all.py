@@ -1,4 +1,4 @@
-"""Runs every benchmark in turn (throughput, idle, demux) and prints one summary.
+"""Runs every benchmark in turn (throughput, idle, demux, stats, http) and prints one summary.
 
 Each benchmark's options pass through, e.g. a quick run:
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import demux, idle, stats, throughput
+from bench import demux, http, idle, stats, throughput
 from bench.common import (
     RESULTS_DIR,
     BenchEngine,
@@ -29,7 +29,13 @@ from bench.common import (
     write_json,
 )
 
-BENCHES = {"throughput": throughput, "idle": idle, "demux": demux, "stats": stats}
+BENCHES = {
+    "throughput": throughput,
+    "idle": idle,
+    "demux": demux,
+    "stats": stats,
+    "http": http,
+}
 
 
 def summary_rows(results: dict[str, Any]) -> list[list[Any]]:
@@ -101,6 +107,14 @@ def summary_rows(results: dict[str, Any]) -> list[list[Any]]:
             ["stats", "engine CPU %: one-shot per container per interval",
              s["engine_one_shot_cpu_pct"]],
         ]
+    h = results.get("http")
+    if h:
+        p = h["params"]
+        what = f"{p['containers']}x{p['lines']:,} lines, median of {p['runs']}"
+        for mode, m in h["median"].items():
+            rows.append(["http", f"{mode}: lines/s ({what})", m.get("lines_per_s")])
+            if mode in h["ratio"]:
+                rows.append(["http", f"{mode} / file", h["ratio"][mode]])
     return rows
 
 
