@@ -272,17 +272,43 @@ class AgentCollector(Collector):
         for r in st.pipeline.runners:
             received.add_metric([r.name], r.received)
             exported.add_metric([r.name], r.exported)
-            for reason in (
-                "queue_full",
-                "shutdown",
-                *sorted(set(r.dropped) - {"queue_full", "shutdown"}),
-            ):
-                dropped.add_metric([r.name, reason], r.dropped.get(reason, 0))
+            counts = dict(r.dropped)
+            if r.buffer is not None:
+                counts.update(r.buffer.dropped)  # "buffer_full"
+            for reason in sorted({"queue_full", "shutdown", *counts}):
+                dropped.add_metric([r.name, reason], counts.get(reason, 0))
             failures.add_metric([r.name], r.failures)
             depth.add_metric([r.name], r.queue.size)
             capacity.add_metric([r.name], r.queue.capacity)
             up.add_metric([r.name], 1.0 if r.exporter.health().ok else 0.0)
         yield from (received, exported, dropped, failures, depth, capacity, up)
+        # Counters some exporters keep themselves (the http exporter retries inside send).
+        buffered = GaugeMetricFamily(
+            "container_agent_buffer_records",
+            "Records waiting in the exporter's disk buffer.",
+            labels=["exporter"],
+        )
+        for r in st.pipeline.runners:
+            if r.buffer is not None:
+                buffered.add_metric([r.name], r.buffer.records)
+        yield buffered
+        for attr, name, doc in (
+            ("requests", "container_agent_exporter_requests", "Requests sent to the backend."),
+            ("retries", "container_agent_exporter_retries", "Requests retried."),
+            (
+                "dead_lettered_records",
+                "container_agent_exporter_dead_lettered_records",
+                "Records written to the dead-letter file.",
+            ),
+            ("bytes_sent", "container_agent_exporter_sent_bytes", "Bytes sent (compressed)."),
+        ):
+            fam = CounterMetricFamily(name, doc, labels=["exporter"])
+            for r in st.pipeline.runners:
+                value = getattr(r.exporter, attr, None)
+                if isinstance(value, int | float):
+                    fam.add_metric([r.name], value)
+            if fam.samples:
+                yield fam
         yield CounterMetricFamily(
             "container_agent_engine_reconnects",
             "Times the agent reconnected to the engine.",

@@ -236,3 +236,45 @@ def test_series_follow_the_inventory() -> None:
     assert got["container_last_exit_code"][0].value == 3
     inv.on_event(meta, "destroy", {}, 2)
     assert _scrape(reg) == {}
+
+
+async def test_agent_collector_reports_buffers_drops_and_exporter_counters(tmp_path) -> None:
+    import asyncio
+
+    from agent.buffer import DiskBuffer
+    from agent.pipeline import ExporterRunner
+    from agent.retry import Backoff
+    from agent.telemetry import AgentCollector
+    from exporters.file import FileConfig, FileExporter
+
+    buf = DiskBuffer(tmp_path / "b", 4096, "drop_newest")
+    buf.open()
+    cfg = FileConfig(type="file", path=str(tmp_path / "o.ndjson"))
+    exporter = FileExporter("out", cfg)
+    exporter.requests = 5  # an exporter that counts its own requests
+    runner = ExporterRunner(exporter, cfg, Backoff(0.1, 1), buf)
+    runner.dropped["queue_full"] = 2
+    buf.dropped["buffer_full"] = 7
+    buf.records = 3
+
+    class Disc:
+        reconnects = 1
+        events_seen = 4
+        connected = asyncio.Event()
+
+    class Pipe:
+        runners = [runner]
+
+    class Fol:
+        followed = 2
+
+    state = type("S", (), {"pipeline": Pipe, "discovery": Disc, "followers": Fol, "stats": None})
+    reg = CollectorRegistry()
+    reg.register(AgentCollector(state))  # type: ignore[arg-type]
+    got = _scrape(reg)
+    drops = {s.labels["reason"]: s.value for s in got["container_agent_records_dropped"]}
+    assert drops == {"queue_full": 2, "shutdown": 0, "buffer_full": 7}
+    assert got["container_agent_buffer_records"][0].value == 3
+    assert got["container_agent_exporter_requests"][0].value == 5
+    assert got["container_agent_engine_reconnects"][0].value == 1
+    buf.close()
