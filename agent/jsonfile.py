@@ -18,25 +18,27 @@ as ``ApiLogSource`` for the same lines:
 
 Joining, capping and resuming reuse ``LogDecoder``'s slow path, so they cannot drift apart.
 
-Following: a chunk (1 MiB) is read in a thread, all its whole lines are decoded with one
-``orjson.loads`` call and turned into records in one loop, and the batch is emitted: no
-await per line. At the end of the file the reader waits on inotify (no wake-up while a
-container is idle); without inotify it polls. It stops once the container has stopped and
-its file is read to the end: the engine closes the file when the container stops
-(``IN_CLOSE_WRITE``), which is confirmed by one inspect.
+Following: a chunk (64 KiB) is read (in place when it is in the page cache, else in a
+thread), all its whole lines are decoded with one ``orjson.loads`` call and turned into
+records in one loop, and the batch is emitted: no await per line. At the end of the file the
+reader waits on inotify (no wake-up while a container is idle); without inotify it polls. It
+stops once the container has stopped and its file is read to the end: the engine closes the
+file when the container stops (``IN_CLOSE_WRITE``), which is confirmed by one inspect.
 
 Rotation (``max-size``/``max-file``): ``-json.log`` is renamed to ``-json.log.1`` (and so on)
 and a new ``-json.log`` is created. Files are tracked by inode and opened as soon as they
-appear (inotify ``IN_CREATE``), so that a rotated file is finished, from its open descriptor,
-before the next one, even once it has been deleted. A file rotated out before the reader
-ever opened it is counted (inotify counts the creations) and logged as ``log_lines_lost``.
-A file that shrank was truncated: it is read again from the start. A container that is
-removed is read to the end of what its open files hold.
+appear (inotify ``IN_CREATE``, handled in a thread so that a busy event loop does not delay
+it), so that a rotated file is finished, from its open descriptor, before the next one, even
+once it has been deleted. A file rotated away before the reader ever opened it (rotation
+faster than reading) is counted (inotify counts the creations) and logged as
+``log_lines_lost``. A file that shrank was truncated: it is read again from the start. A
+container that is removed is read to the end of what its open files hold.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -44,7 +46,9 @@ import errno
 import json
 import os
 import re
+import select
 import struct
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -68,10 +72,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("agent.jsonfile")
 
-CHUNK_BYTES = 1 << 20  # one read, one orjson.loads, one batch
+CHUNK_BYTES = 64 << 10  # one read, one orjson.loads, one batch (see _Tail.run on the size)
+USE_INOTIFY = True  # else poll (the fallback when inotify fails; bench/files.py compares)
 MAX_LINE_BYTES = 64 << 20  # a "line" longer than this is garbage, skipped
 POLL_SECONDS = 0.1  # without inotify: how often an idle file is looked at
-TRICKLE_SECONDS = 0.005  # a woken reader waits this long for more of a burst (see _wait)
+TRICKLE_SECONDS = 0.01  # a reader that just found data looks again after this (see _wait)
 SAFETY_CHECK_SECONDS = 300.0  # an idle reader asks the engine anyway, in case an event was lost
 POLL_CHECK_SECONDS = 2.0  # without inotify: how often an idle reader asks whether it runs
 CLOSE_SETTLE_SECONDS = 0.05  # after the engine closed the file: time for a rotation to show
@@ -304,10 +309,14 @@ Handler = Callable[[int, bytes], None]
 
 
 class Inotify:
-    """One inotify descriptor on the running loop, shared by every reader of a source.
+    """One inotify descriptor and the thread that reads it, shared by a source's readers.
 
-    Handlers run on the loop, in event order; ``mask`` has ``IN_Q_OVERFLOW`` when the
-    kernel's queue overflowed (every handler is told: events were lost).
+    Handlers run in that thread, in event order, so that a rotated file is opened within
+    about one GIL switch interval (5 ms) of its creation even while the event loop is busy
+    for longer (decoding a chunk, an exporter encoding a batch): a file that is open cannot
+    be rotated away. The thread is the only reader of the descriptor; ``call`` runs a
+    function in it (between two batches of events) and returns its result to the loop.
+    ``mask`` has ``IN_Q_OVERFLOW`` when the kernel's queue overflowed (events were lost).
     """
 
     def __init__(self) -> None:
@@ -319,27 +328,72 @@ class Inotify:
         self.fd = fd
         self.loop = asyncio.get_running_loop()
         self.handlers: dict[int, Handler] = {}
+        self.lock = threading.Lock()  # guards ``handlers``
         self.users = 0
         self.overflows = 0
-        self.loop.add_reader(fd, self.drain)
+        self.dirty: set[Any] = set()  # readers whose directory changed: scan after the batch
+        self._calls: collections.deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
+            collections.deque()
+        )
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="inotify", daemon=True)
+        self._thread.start()
 
     def add(self, path: str, mask: int, handler: Handler) -> int:
-        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
-        if wd < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e), path)
-        self.handlers[wd] = handler
+        with self.lock:
+            wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+            if wd < 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e), path)
+            self.handlers[wd] = handler
         return wd
 
     def remove(self, wd: int, handler: Handler) -> None:
-        if self.handlers.get(wd) == handler:  # (bound methods are equal, not identical)
-            del self.handlers[wd]
-            _libc.inotify_rm_watch(self.fd, wd)  # EINVAL if a one-shot already fired: fine
+        with self.lock:
+            if self.handlers.get(wd) == handler:  # (bound methods are equal, not identical)
+                del self.handlers[wd]
+                _libc.inotify_rm_watch(self.fd, wd)  # EINVAL if a one-shot fired: fine
+
+    def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Runs ``fn`` in the watcher thread; the future (on the loop) gets its result."""
+        fut = self.loop.create_future()
+        self._calls.append((fn, fut))
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"c")
+        return fut
+
+    def to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping:
+            poller.poll()
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+            self.drain()
+            while self.dirty:
+                tail = self.dirty.pop()
+                try:
+                    tail.scan_now()
+                except Exception as exc:  # never end the thread; the reader polls meanwhile
+                    log.warning("log_file_scan_failed", error=repr(exc))
+            while self._calls:
+                fn, fut = self._calls.popleft()
+                try:
+                    result: Any = fn()
+                except Exception as exc:
+                    self.to_loop(_set_exception, fut, exc)
+                else:
+                    self.to_loop(_set_result, fut, result)
 
     def drain(self) -> None:
-        """Reads and dispatches every queued event (also called before a directory scan,
-        so that creation counts are current)."""
-        while self.fd >= 0:
+        """Reads and dispatches every queued event (in the watcher thread only)."""
+        while True:
             try:
                 data = os.read(self.fd, 65536)
             except (BlockingIOError, InterruptedError):
@@ -348,29 +402,45 @@ class Inotify:
                 return
             off = 0
             n = len(data)
-            handlers = self.handlers
             while off + 16 <= n:
                 wd, mask, _cookie, size = _EVENT.unpack_from(data, off)
                 name = data[off + 16 : off + 16 + size].rstrip(b"\0")
                 off += 16 + size
                 if mask & IN_Q_OVERFLOW:
                     self.overflows += 1
-                    for handler in list(handlers.values()):
-                        handler(mask, b"")
-                    continue
-                handler = handlers.get(wd)
-                if handler is not None:
-                    handler(mask, name)
-                    if mask & IN_IGNORED:
-                        handlers.pop(wd, None)
+                    with self.lock:
+                        handlers = list(self.handlers.values())
+                else:
+                    with self.lock:
+                        handler = self.handlers.get(wd)
+                        if mask & IN_IGNORED:
+                            self.handlers.pop(wd, None)
+                    handlers = [handler] if handler is not None else []
+                for handler in handlers:
+                    try:
+                        handler(mask, name)
+                    except Exception as exc:  # never end the thread over one reader
+                        log.warning("inotify_handler_failed", error=repr(exc))
 
     def close(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(Exception):
-                self.loop.remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = -1
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"s")
+        self._thread.join(timeout=5)
+        for fd in (self.fd, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self.handlers.clear()
+
+
+def _set_result(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
 
 
 # -- one container's files ----------------------------------------------------------------
@@ -412,7 +482,10 @@ class _Tail:
         self.dir = os.path.join(source.containers_dir, self.cid)
         self.base = f"{self.cid}-json.log"
         self.path = os.path.join(self.dir, self.base)
+        self._base_bytes = self.base.encode()
         self.files: list[_File] = []  # files[0] is being read; later ones are newer
+        self.lock = threading.Lock()  # the watcher thread appends to files, the loop pops
+        self.closed = False
         self.wake = asyncio.Event()
         self.inotify: Inotify | None = None
         self.dir_wd = -1
@@ -423,6 +496,7 @@ class _Tail:
         self.max_size: int | None = None
         self.lost_files = 0
         self._names: dict[int, str] = {}
+        self.nowait = bool(_NOWAIT)
 
     # -- set-up and tear-down --------------------------------------------------------------
 
@@ -445,42 +519,46 @@ class _Tail:
     def close(self) -> None:
         if self.inotify is not None:
             self.inotify.remove(self.dir_wd, self._on_dir)
-            for wd, handler in list(self.inotify.handlers.items()):
-                if handler == self._on_file:
-                    self.inotify.remove(wd, handler)
+            with self.inotify.lock:
+                mine = [wd for wd, h in self.inotify.handlers.items() if h == self._on_file]
+            for wd in mine:
+                self.inotify.remove(wd, self._on_file)
             self.source._release_inotify()
             self.inotify = None
-        for f in self.files:
-            with contextlib.suppress(OSError):
-                os.close(f.fd)
-        self.files = []
+        with self.lock:
+            self.closed = True
+            for f in self.files:
+                with contextlib.suppress(OSError):
+                    os.close(f.fd)
+            self.files = []
 
-    # -- inotify handlers (on the loop) ------------------------------------------------------
+    # -- inotify handlers (in the watcher thread) -----------------------------------------
 
     def _on_dir(self, mask: int, name: bytes) -> None:
+        inotify = self.inotify
+        if inotify is None:
+            return  # closed meanwhile
         if mask & IN_Q_OVERFLOW:
             self.counted = False
             self.closed_by_writer = True  # anything may have happened: ask the engine
         elif mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
             self.gone = True
-        elif name == self.base.encode():
+        elif name == self._base_bytes:
             if mask & (IN_CREATE | IN_MOVED_TO):
                 self.created += 1
-                # Open the new file now: once open, rotation cannot take it away.
-                asyncio.get_running_loop().call_soon(self._adopt_quietly)
+                # Open the new file right after this batch of events: once open, rotation
+                # cannot take it away.
+                inotify.dirty.add(self)
             if mask & IN_CLOSE_WRITE:
                 self.closed_by_writer = True
         else:
             return
-        self.wake.set()
+        inotify.to_loop(self.wake.set)
 
     def _on_file(self, mask: int, name: bytes) -> None:
-        self.wake.set()
-
-    def _adopt_quietly(self) -> None:
-        if self.files:
-            with contextlib.suppress(OSError):
-                self.scan()
+        inotify = self.inotify
+        if inotify is not None:
+            inotify.to_loop(self.wake.set)
 
     # -- the chain of files --------------------------------------------------------------
 
@@ -526,16 +604,25 @@ class _Tail:
             return None
         return _File(fd, ino, seq)
 
-    def scan(self) -> int:
+    async def scan(self) -> int:
+        """``scan_now`` in the watcher thread (it reads the creation events), or here."""
+        if self.inotify is not None:
+            return int(await self.inotify.call(self.scan_now))
+        return self.scan_now()
+
+    def scan_now(self) -> int:
         """Opens the files newer than the newest one held, oldest first; counts the ones
         rotated away before they could be opened. Returns how many were opened."""
+        inotify = self.inotify
+        if self.closed:
+            return 0
         for _attempt in range(10):
-            if self.inotify is not None:
-                self.inotify.drain()
+            if inotify is not None:
+                inotify.drain()
             before = self.created
             listing = self._listing()
-            if self.inotify is not None:
-                self.inotify.drain()
+            if inotify is not None:
+                inotify.drain()
                 if self.created != before:
                     continue  # a file was created during the listing: list again
             opened = self._adopt([ino for _index, ino in listing])
@@ -551,13 +638,15 @@ class _Tail:
         None: a name changed under the scan, scan again."""
         if not self.files:
             self.created = 0
+            first = []
             for k in range(len(inodes) - 1, -1, -1):
                 f = self._open(inodes[k], -k)
                 if f is None:
-                    self._close_all()
+                    for g in first:
+                        os.close(g.fd)
                     return None
-                self.files.append(f)
-            return len(self.files)
+                first.append(f)
+            return self._append(first)
         newest = self.files[-1]
         lost = 0
         if newest.ino in inodes:
@@ -575,22 +664,31 @@ class _Tail:
             else:
                 top = newest.seq + len(inodes)
                 lost = -1  # unknown without the creation count
-        opened = 0
+        opened = []
         for k in range(len(newer) - 1, -1, -1):
             f = self._open(newer[k], top - k)
             if f is None:
-                return None
-            self.files.append(f)
-            opened += 1
+                break  # renamed under the scan: keep what is open, scan again
+            opened.append(f)
+        if opened:
             self.closed_by_writer = False  # that close was a rotation's
+        count = self._append(opened)
         if lost:
-            self._lost_files(lost)
-        return opened
+            inotify = self.inotify
+            if inotify is not None:
+                inotify.to_loop(self._lost_files, lost)
+            else:
+                self._lost_files(lost)
+        return count if len(opened) == len(newer) else None
 
-    def _close_all(self) -> None:
-        for f in self.files:
-            os.close(f.fd)
-        self.files = []
+    def _append(self, opened: list[_File]) -> int:
+        with self.lock:
+            if self.closed:
+                for f in opened:
+                    os.close(f.fd)
+                return 0
+            self.files.extend(opened)
+        return len(opened)
 
     # -- losses ---------------------------------------------------------------------------
 
@@ -612,7 +710,10 @@ class _Tail:
                 "inotify their number is unknown",
             )
             return
-        size = self.max_size or max((os.fstat(f.fd).st_size for f in self.files), default=0)
+        try:
+            size = self.max_size or max((os.fstat(f.fd).st_size for f in self.files), default=0)
+        except OSError:
+            size = 0
         lines = max(1, round(files * size * self._lines_per_byte()))
         self.lost_files += files
         self._count_lost(lines)
@@ -637,7 +738,7 @@ class _Tail:
         source = self.source
         if source.use_inotify:
             self._watch()
-        self.scan()
+        await self.scan()
         if not self.files:
             raise NotFound(f"no json-file log at {self.path}")
         running, info = await self._inspect()
@@ -655,25 +756,26 @@ class _Tail:
         await self._start_position(since)
 
         stopping = running is False
-        # When idle, ask the engine after 1 s, 2 s, 4 s, … up to ``check_every``: this
-        # catches a container that stopped between the engine closing its file and marking
-        # it stopped (the close came before the watch, the inspect before the stop).
+        why = "stopped"
+        # One more look after 2 s catches a container that stopped between the engine
+        # closing its file and marking it stopped (the close came before the watch, the
+        # inspect before the stop); then every ``check_every`` when idle, and 1 s, 2 s, 4 s,
+        # … after a close that the engine did not confirm (a restart, a slow engine).
         check_every = SAFETY_CHECK_SECONDS if self.inotify is not None else POLL_CHECK_SECONDS
-        idle_check = 1.0
-        next_check = time.monotonic() + min(idle_check, check_every)
+        after_close = 1.0
+        next_check = time.monotonic() + min(2.0, check_every)
         closed_since: float | None = None
         quiet = 0  # reads in a row that found nothing
         while True:
             f = self.files[0]
             newer_known = len(self.files) > 1
-            data = await asyncio.to_thread(_pread, f.fd, source.chunk_bytes, f.offset, f.tail)
+            data = await self._read(f)
             if data is None:
                 await self._truncated(f, decoder, emit)
                 continue
             cut = data.rfind(b"\n") + 1
             if cut:
                 quiet = 0
-                idle_check = 1.0
                 records = decoder.feed_lines(data[:cut] if cut < len(data) else data)
                 f.tail = data[max(0, cut - 64) : cut]
                 f.offset += cut
@@ -684,6 +786,7 @@ class _Tail:
                     await emit(records)
                 if not decoder._pending:
                     source._hints[self.cid] = (f.ino, f.offset, f.tail)
+                await asyncio.sleep(0)  # the next chunk may be read without a suspension
                 continue
             if len(data) >= source.chunk_bytes and await self._long_line(f, decoder, emit):
                 continue
@@ -694,7 +797,7 @@ class _Tail:
                 # The writer had moved to a newer file before this read: this one is whole.
                 self._retire(f)
                 continue
-            if self.inotify is None and self._rotated() and self.scan():
+            if self.inotify is None and self._rotated() and self.scan_now():
                 continue
             size = os.fstat(f.fd).st_size
             f.seen = max(f.seen, size)
@@ -702,7 +805,7 @@ class _Tail:
                 continue  # written, or rotated, since the read
             if self.gone or not _isdir(self.dir):
                 # Removed: the engine closed the files first; what they hold has been read.
-                stopping = True
+                stopping, why = True, "removed"
             now = time.monotonic()
             if self.closed_by_writer and not stopping:
                 # The engine closed the file: the container stopped, or a rotation is under
@@ -713,17 +816,23 @@ class _Tail:
                     next_check = now
             if not stopping and now >= next_check:
                 self.closed_by_writer = False
-                closed_since = None
+                by_close, closed_since = closed_since is not None, None
                 running, _info = await self._inspect()
-                idle_check = min(idle_check * 2, check_every)
-                next_check = now + min(idle_check, check_every)
+                if running is None:
+                    next_check = now + 2.0  # the engine cannot say: ask again soon
+                elif by_close:
+                    next_check = now + after_close
+                    after_close = min(after_close * 2, check_every)
+                else:
+                    next_check = now + check_every
                 if running is False:
-                    stopping = True
+                    stopping, why = True, "stopped"
                     continue  # read once more: the last lines came before the close
             if stopping:
                 tail = decoder.finish()
                 if tail:
                     await emit(tail)
+                log.debug("log_file_done", container=self.reader.meta.name, why=why)
                 return StreamEnd.STOPPED
             quiet += 1
             timeout = next_check - now
@@ -733,9 +842,16 @@ class _Tail:
 
     async def _wait(self, f: _File, end: int, quiet: int, limit: float) -> None:
         """Until the file may have grown past ``end`` (or rotated, or closed), at most
-        ``limit`` s."""
+        ``limit`` s. A writer that just wrote usually writes on: right after data the reader
+        only sleeps a little and looks again (one timer, and a bigger batch next time,
+        rather than a watch, a wake-up from the watcher thread and a small read per write);
+        a file found quiet twice in a row is left to inotify."""
+        limit = max(limit, 0.0)
         if self.inotify is None:
-            await asyncio.sleep(min(self.source.poll_seconds, max(limit, 0.0)))
+            await asyncio.sleep(min(self.source.poll_seconds, limit))
+            return
+        if quiet == 1:
+            await asyncio.sleep(min(self.source.trickle_seconds, limit))
             return
         self.wake.clear()
         try:
@@ -747,12 +863,29 @@ class _Tail:
         if os.fstat(f.fd).st_size > end:
             return  # written between the read and the watch
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(limit, 0.0)):
+            async with asyncio.timeout(limit):
                 await self.wake.wait()
-        if quiet == 1:
-            # A writer that just woke the reader usually writes more at once: a few ms of
-            # patience turn a burst into one read instead of one per write.
-            await asyncio.sleep(self.source.trickle_seconds)
+
+    async def _read(self, f: _File) -> bytes | None:
+        """The next chunk of ``f`` (see ``_read``). Read here when the bytes are in the page
+        cache, as they are when the reader keeps up (a 64 KiB copy: ~19 µs of CPU), else in
+        a thread (~60 µs of CPU a call for the hand-over), so that the loop never waits for
+        the disk."""
+        size = self.source.chunk_bytes + 64  # (+ the tail)
+        if self.nowait:
+            # One buffer for the whole source: these reads never overlap (no await).
+            buf = self.source._buf
+            if len(buf) != size:
+                buf = self.source._buf = bytearray(size)
+            try:
+                return _read(f.fd, buf, f.offset, f.tail, _NOWAIT)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self.nowait = False  # a file system without it
+        return await asyncio.to_thread(_read, f.fd, bytearray(size), f.offset, f.tail, 0)
 
     def _rotated(self) -> bool:
         """Without inotify: whether ``-json.log`` is another file than the newest held."""
@@ -762,8 +895,9 @@ class _Tail:
             return True
 
     def _retire(self, f: _File) -> None:
+        with self.lock:
+            self.files.pop(0)
         os.close(f.fd)
-        self.files.pop(0)
         self.source._lines[self.cid] = self.source._lines.get(self.cid, 0) + f.lines
         self.source._bytes[self.cid] = self.source._bytes.get(self.cid, 0) + f.bytes
 
@@ -833,11 +967,10 @@ class _Tail:
         hint = self.source._hints.get(self.cid)
         if hint is not None:
             ino, offset, tail = hint
-            for i, f in enumerate(self.files):
+            for i, f in enumerate(list(self.files)):
                 if f.ino == ino and os.fstat(f.fd).st_size >= offset:
                     for old in self.files[:i]:
-                        os.close(old.fd)
-                    del self.files[:i]
+                        self._retire(old)
                     f.offset = offset
                     f.tail = tail
                     return
@@ -849,8 +982,7 @@ class _Tail:
             size = os.fstat(f.fd).st_size
             offset = await asyncio.to_thread(first_offset_at_or_after, f.fd, size, cut)
             if offset >= size and len(self.files) > 1:
-                os.close(f.fd)
-                self.files.pop(0)
+                self._retire(f)
                 continue
             f.offset = offset
             return
@@ -872,18 +1004,21 @@ def _minus_margin(ts: str) -> str:
     return format_timestamp_ns(max(ns, 0))
 
 
-def _pread(fd: int, size: int, offset: int, tail: bytes) -> bytes | None:
-    """``size`` bytes from ``offset``; None when the bytes before ``offset`` are not
-    ``tail`` any more: the file shrank (truncated), maybe then was written past ``offset``
-    again (the engine appends). ``tail`` holds the end of the last line read, with its time
-    stamp, so new lines cannot match it."""
-    if offset == 0:
-        return os.pread(fd, size, 0)
-    expect = tail or b"\n"
-    data = os.pread(fd, size + len(expect), offset - len(expect))
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+
+def _read(fd: int, buf: bytearray, offset: int, tail: bytes, flags: int) -> bytes | None:
+    """Up to ``len(buf) - 64`` bytes from ``offset``; None when the bytes before ``offset``
+    are not ``tail`` any more: the file shrank (truncated), maybe then was written past
+    ``offset`` again (the engine appends). ``tail`` holds the end of the last line read,
+    with its time stamp, so new lines cannot match it. With ``RWF_NOWAIT`` it raises
+    ``BlockingIOError`` unless the bytes are in the page cache."""
+    expect = (tail or b"\n") if offset else b""
+    n = os.preadv(fd, [buf], offset - len(expect), flags)
+    data = bytes(memoryview(buf)[:n])
     if not data.startswith(expect):
         return None
-    return data[len(expect) :]
+    return data[len(expect) :] if expect else data
 
 
 # -- the source ---------------------------------------------------------------------------
@@ -899,7 +1034,7 @@ class JsonFileLogSource(LogSource):
         engine: Engine,
         containers_dir: str,
         max_message_bytes: int,
-        use_inotify: bool = True,
+        use_inotify: bool | None = None,
         chunk_bytes: int = CHUNK_BYTES,
         poll_seconds: float = POLL_SECONDS,
         trickle_seconds: float = TRICKLE_SECONDS,
@@ -907,7 +1042,7 @@ class JsonFileLogSource(LogSource):
         self.engine = engine
         self.containers_dir = containers_dir
         self.max_message_bytes = max_message_bytes
-        self.use_inotify = use_inotify
+        self.use_inotify = USE_INOTIFY if use_inotify is None else use_inotify
         self.chunk_bytes = chunk_bytes
         self.poll_seconds = poll_seconds
         self.trickle_seconds = trickle_seconds
@@ -919,6 +1054,7 @@ class JsonFileLogSource(LogSource):
         self._bytes: dict[str, int] = {}
         self._inotify: Inotify | None = None
         self._inotify_warned = False
+        self._buf = bytearray()  # in-place reads land here
 
     def log_path(self, container_id: str) -> str:
         return os.path.join(self.containers_dir, container_id, f"{container_id}-json.log")
