@@ -41,9 +41,13 @@ test: venv engine tools
 unit: venv
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
+# Long runs, not timed tests: throughput vs the raw logs-API floor, idle footprint, demux,
+# stats at 100 containers, http vs file; then the json-file source vs API vs floor.
 bench: venv engine
 	CA_TEST_DOCKER_HOST=$$(scripts/test-engine.sh host "$(ENGINE_DIR)") \
 	  $(BIN)/python -m bench.run_all
+	CA_TEST_DOCKER_HOST=$$(scripts/test-engine.sh host "$(ENGINE_DIR)") \
+	  $(BIN)/python -m bench.files
 
 lint: venv
 	$(BIN)/ruff check agent exporters tests bench
