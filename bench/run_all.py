@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import demux, http, idle, stats, throughput
+from bench import delivery, demux, http, idle, stats, throughput
 from bench.common import (
     RESULTS_DIR,
     BenchEngine,
@@ -35,6 +35,7 @@ BENCHES = {
     "demux": demux,
     "stats": stats,
     "http": http,
+    "delivery": delivery,
 }
 
 
@@ -95,17 +96,26 @@ def summary_rows(results: dict[str, Any]) -> list[list[Any]]:
         for r in s["agent"]:
             src = r["source"]
             rows += [
-                ["stats", f"{src}: agent CPU % ({n} idle containers, 10 s interval)",
-                 r["agent_cpu_pct"]],
+                [
+                    "stats",
+                    f"{src}: agent CPU % ({n} idle containers, 10 s interval)",
+                    r["agent_cpu_pct"],
+                ],
                 ["stats", f"{src}: agent RSS MB", r["agent_rss_mb"]],
                 ["stats", f"{src}: engine extra CPU %", r["engine_extra_cpu_pct"]],
-                ["stats", f"{src}: /metrics ms (median) / KB",
-                 f"{r['scrape_ms_median']:.1f} / {r['scrape_bytes'] / 1024:.0f}"],
+                [
+                    "stats",
+                    f"{src}: /metrics ms (median) / KB",
+                    f"{r['scrape_ms_median']:.1f} / {r['scrape_bytes'] / 1024:.0f}",
+                ],
             ]
         rows += [
             ["stats", f"engine CPU %: {n} streaming stats requests", s["engine_streaming_cpu_pct"]],
-            ["stats", "engine CPU %: one-shot per container per interval",
-             s["engine_one_shot_cpu_pct"]],
+            [
+                "stats",
+                "engine CPU %: one-shot per container per interval",
+                s["engine_one_shot_cpu_pct"],
+            ],
         ]
     h = results.get("http")
     if h:
@@ -115,6 +125,20 @@ def summary_rows(results: dict[str, Any]) -> list[list[Any]]:
             rows.append(["http", f"{mode}: lines/s ({what})", m.get("lines_per_s")])
             if mode in h["ratio"]:
                 rows.append(["http", f"{mode} / file", h["ratio"][mode]])
+    dl = results.get("delivery")
+    if dl:
+        for key in ("buffer_fsync_on", "buffer_fsync_off"):
+            r = dl[key]
+            label = key.replace("buffer_", "disk buffer, ").replace("_", " ")
+            rows.append(
+                [
+                    "delivery",
+                    f"{label}: append / drain records/s",
+                    f"{r['write_records_per_s']:,.0f} / {r['drain_records_per_s']:,.0f}",
+                ]
+            )
+        for n, ms in dl["checkpoint_write_ms"].items():
+            rows.append(["delivery", f"checkpoint write ms ({n} containers)", ms])
     return rows
 
 

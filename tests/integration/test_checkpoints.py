@@ -11,18 +11,22 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from agent.record import timestamp_to_unix
 
 N = 20000  # lines per container
 
 
-def agent_config(tmp: Path, engine_host: str, run_id: str, out: str) -> Path:
+def agent_config(
+    tmp: Path, engine_host: str, run_id: str, out: str, logs: dict | None = None
+) -> Path:
     cfg = tmp / f"{out}.yaml"
     cfg.write_bytes(
         orjson.dumps(
             {
                 "engine": {"host": engine_host},
+                "logs": logs or {"source": "api"},
                 "state_dir": str(tmp / "state"),
                 "checkpoints": {"interval_seconds": 1},
                 "containers": {"include": {"label": [f"ca-test-run={run_id}"]}},
@@ -58,12 +62,18 @@ async def wait_lines(path: Path, n: int, timeout: float = 60) -> None:
     raise AssertionError(f"{path.name}: fewer than {n} lines after {timeout}s")
 
 
-async def run_restart(tmp: Path, engine_host: str, containers, sig: int) -> dict:
+async def run_restart(
+    tmp: Path,
+    engine_host: str,
+    containers,
+    sig: int,
+    sources: tuple[dict | None, dict | None] = (None, None),
+) -> dict:
     script = (
         f'i=0; while [ $i -lt {N} ]; do echo "seq $i"; i=$((i+1)); '
         "[ $((i % 100)) -eq 0 ] && usleep 20000; done"
     )
-    first = start(agent_config(tmp, engine_host, containers.run_id, "run1"), tmp)
+    first = start(agent_config(tmp, engine_host, containers.run_id, "run1", sources[0]), tmp)
     try:
         await asyncio.sleep(1.0)
         ids = [await containers.run(script) for _ in range(3)]
@@ -73,7 +83,7 @@ async def run_restart(tmp: Path, engine_host: str, containers, sig: int) -> dict
     finally:
         if first.poll() is None:
             first.kill()
-    second = start(agent_config(tmp, engine_host, containers.run_id, "run2"), tmp)
+    second = start(agent_config(tmp, engine_host, containers.run_id, "run2", sources[1]), tmp)
     try:
         for cid in ids:
             await containers.wait(cid, timeout=120)
@@ -155,3 +165,17 @@ async def test_corrupt_checkpoint_file_is_reported_and_moved_aside(
     # the new file is valid and names the container
     saved = orjson.loads((state / "checkpoints.json").read_bytes())
     assert cid in saved["containers"]
+
+
+@pytest.mark.parametrize("then", ["files", "api"])
+async def test_sigkill_mid_stream_reading_files(engine_host, containers, tmp_path, then) -> None:
+    """Run 1 reads the json-file logs from disk; run 2 (after SIGKILL) reads them from disk
+    again or through the logs API: the timestamp positions bridge the two sources."""
+    info = await containers.docker.system.info()
+    files = {"source": "files", "containers_dir": f"{info['DockerRootDir']}/containers"}
+    second = files if then == "files" else {"source": "api"}
+    result = await run_restart(tmp_path, engine_host, containers, signal.SIGKILL, (files, second))
+    for first_run, dups in result.values():
+        if dups and first_run:
+            last = float(timestamp_to_unix(first_run[-1]["timestamp"]))
+            assert last - float(timestamp_to_unix(dups[0]["timestamp"])) <= 2.0
