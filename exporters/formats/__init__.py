@@ -111,14 +111,25 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.parts)
 
-    def size(self, indices: Sequence[int]) -> int:
-        """An upper bound of the length of ``assemble(self, indices)``."""
+    def chosen(self, indices: Sequence[int]) -> list[bytes]:
+        """The pieces of ``indices``, in that order (a plain slice for a range)."""
         parts = self.parts
         if isinstance(indices, range) and indices.step == 1:
-            chosen = parts[indices.start : indices.stop]
-            total = self.envelope + sum(map(len, chosen)) + len(chosen)
-        else:
-            total = self.envelope + sum(len(parts[i]) + 1 for i in indices)
+            return parts[indices.start : indices.stop]
+        return [parts[i] for i in indices]
+
+    def lines(self, indices: Sequence[int]) -> bytes:
+        """The pieces of ``indices`` as newline-terminated lines (NDJSON-style bodies)."""
+        chosen = self.chosen(indices)
+        if not chosen:
+            return b""
+        chosen.append(b"")
+        return b"\n".join(chosen)
+
+    def size(self, indices: Sequence[int]) -> int:
+        """An upper bound of the length of ``assemble(self, indices)``."""
+        chosen = self.chosen(indices)
+        total = self.envelope + sum(map(len, chosen)) + len(chosen)
         if self.groups is not None:
             groups = self.groups
             for g in {groups[i] for i in indices}:

@@ -69,15 +69,7 @@ class ElasticsearchEncoder:
         return Encoded(records, parts)
 
     def assemble(self, encoded: Encoded, indices: Sequence[int]) -> bytes:
-        parts = encoded.parts
-        if isinstance(indices, range) and indices.step == 1:
-            chosen = parts[indices.start : indices.stop]
-        else:
-            chosen = [parts[i] for i in indices]
-        if not chosen:
-            return b""
-        chosen.append(b"")
-        return b"\n".join(chosen)
+        return encoded.lines(indices)
 
 
 def bulk_outcome(

@@ -22,12 +22,4 @@ class NdjsonEncoder:
         return Encoded(records, [r.json() for r in records])
 
     def assemble(self, encoded: Encoded, indices: Sequence[int]) -> bytes:
-        parts = encoded.parts
-        if isinstance(indices, range) and indices.step == 1:
-            chosen = parts[indices.start : indices.stop]
-        else:
-            chosen = [parts[i] for i in indices]
-        if not chosen:
-            return b""
-        chosen.append(b"")
-        return b"\n".join(chosen)
+        return encoded.lines(indices)
