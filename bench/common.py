@@ -8,6 +8,7 @@ only reads its own run's containers. Containers run with network mode ``none``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -505,6 +506,31 @@ def run_main(main: Callable[[], Awaitable[int | None]]) -> int:
             return 130
 
     return asyncio.run(wrapper())
+
+
+def standalone(module: Any) -> None:
+    """``python -m bench.<name>``: one benchmark alone (the modules ``run_all`` runs share
+    ``add_arguments``, ``run`` and ``report``), with the machine line and optional JSON."""
+    # Run with -m, the module is "__main__"; its spec keeps the real name.
+    full = module.__spec__.name if module.__spec__ is not None else module.__name__
+    name = full.rsplit(".", 1)[-1]
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {full}", description=(module.__doc__ or "").split("\n")[0]
+    )
+    module.add_arguments(parser)
+    parser.add_argument("--json", help="also write the result as JSON to this file")
+    args = parser.parse_args()
+
+    async def main() -> None:
+        async with BenchEngine(engine_host()) as engine:
+            info = await machine_info(engine)
+            result = await module.run(args, engine)
+        print(machine_line(info))
+        print(module.report(result))
+        if args.json:
+            write_json(Path(args.json), {"machine": info, name: result})
+
+    sys.exit(run_main(main))
 
 
 # -- the agent as a subprocess ------------------------------------------------------------

@@ -7,8 +7,8 @@ of one checkpoint write.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +18,7 @@ from agent.buffer import DiskBuffer
 from agent.checkpoint import CheckpointStore
 from agent.logstream import Position
 from agent.record import ContainerMeta, Record
-from bench.common import BenchEngine, engine_host, fmt, median, table, write_json
+from bench.common import BenchEngine, fmt, median, standalone, table
 
 BATCH = 500  # about one 64 KiB read of 100-byte lines
 
@@ -121,17 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--delivery-reps", type=int, default=3)
 
 
-async def _main(args: argparse.Namespace) -> None:
-    async with BenchEngine(engine_host()) as engine:
-        result = await run(args, engine)
-    print(report(result))
-    write_json(Path(__file__).resolve().parent / "results" / "delivery.json", result)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    asyncio.run(_main(parser.parse_args()))
+    standalone(sys.modules[__name__])
 
 
 if __name__ == "__main__":

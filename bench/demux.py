@@ -41,18 +41,14 @@ from bench.common import (
     OthersMeter,
     add_quiet_argument,
     add_retries_argument,
-    engine_host,
     fmt,
     log,
-    machine_info,
-    machine_line,
     median,
     new_run_id,
-    run_main,
     skewed,
+    standalone,
     table,
     wait_quiet,
-    write_json,
 )
 
 CHUNK = 64 * 1024
@@ -296,24 +292,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_retries_argument(parser)
 
 
-async def _main(args: argparse.Namespace) -> None:
-    async with BenchEngine(engine_host()) as engine:
-        info = await machine_info(engine)
-        result = await run(args, engine)
-    print(machine_line(info))
-    print(report(result))
-    if args.json:
-        write_json(Path(args.json), {"machine": info, "demux": result})
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.demux", description=__doc__.split("\n")[0]
-    )
-    add_arguments(parser)
-    parser.add_argument("--json", help="also write the result as JSON to this file")
-    args = parser.parse_args()
-    sys.exit(run_main(lambda: _main(args)))
+    standalone(sys.modules[__name__])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,17 +32,15 @@ from bench.common import (
     CpuMeter,
     agent_command,
     dockerd_pid,
-    engine_host,
     fmt,
     log,
     machine_info,
-    machine_line,
     median,
     new_run_id,
     rss_mb,
     socket_path,
+    standalone,
     table,
-    write_json,
 )
 
 
@@ -220,7 +219,6 @@ def report(result: dict[str, Any]) -> str:
     rows = result["agent"]
     n = result["params"]["containers"]
     lines = [
-        machine_line(result["machine"]),
         table(
             [
                 "source",
@@ -249,12 +247,6 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_arguments(p)
-    return p
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats-containers", type=int, default=100)
     p.add_argument("--stats-window", type=float, default=30.0)
@@ -262,15 +254,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scrapes", type=int, default=20)
 
 
-async def _main(args: argparse.Namespace) -> None:
-    async with BenchEngine(engine_host()) as engine:
-        result = await run(args, engine)
-    print(report(result))
-    write_json(Path(__file__).resolve().parent / "results" / "stats.json", result)
-
-
 def main() -> None:
-    asyncio.run(_main(parser().parse_args()))
+    standalone(sys.modules[__name__])
 
 
 if __name__ == "__main__":

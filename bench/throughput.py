@@ -45,21 +45,17 @@ from bench.common import (
     add_quiet_argument,
     add_retries_argument,
     dockerd_pid,
-    engine_host,
     log,
-    machine_info,
-    machine_line,
     median,
     new_run_id,
     peak_rss_mb,
-    run_main,
     skewed,
     socket_path,
+    standalone,
     table,
     thread_cpu_seconds,
     wait_quiet,
     within,
-    write_json,
 )
 
 LINE_BYTES = 100
@@ -603,24 +599,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_retries_argument(parser)
 
 
-async def _main(args: argparse.Namespace) -> None:
-    async with BenchEngine(engine_host()) as engine:
-        info = await machine_info(engine)
-        result = await run(args, engine)
-    print(machine_line(info))
-    print(report(result))
-    if args.json:
-        write_json(Path(args.json), {"machine": info, "throughput": result})
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.throughput", description=__doc__.split("\n")[0]
-    )
-    add_arguments(parser)
-    parser.add_argument("--json", help="also write the result as JSON to this file")
-    args = parser.parse_args()
-    sys.exit(run_main(lambda: _main(args)))
+    standalone(sys.modules[__name__])
 
 
 if __name__ == "__main__":
