@@ -138,9 +138,7 @@ def _default_exporters() -> dict[str, Any]:
 
 class Config(Section):
     engine: EngineConfig = Field(default_factory=EngineConfig, description="The Docker engine.")
-    state_dir: str = Field(
-        "./var/state", description="Checkpoints and disk buffers live here."
-    )
+    state_dir: str = Field("./var/state", description="Checkpoints and disk buffers live here.")
     checkpoints: CheckpointsConfig = Field(
         default_factory=CheckpointsConfig, description="Delivered positions kept on disk."
     )

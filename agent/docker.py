@@ -120,9 +120,7 @@ class Engine:
 
     async def stats(self, container_id: str) -> dict[str, Any]:
         """One stats reading: ``one-shot`` skips the engine's one-second pre-sample wait."""
-        return await self._get(
-            f"containers/{container_id}/stats", {"stream": "0", "one-shot": "1"}
-        )
+        return await self._get(f"containers/{container_id}/stats", {"stream": "0", "one-shot": "1"})
 
     @contextlib.asynccontextmanager
     async def logs(

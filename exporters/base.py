@@ -26,9 +26,7 @@ class BufferConfig(Section):
     type: Literal["memory", "disk"] = Field(
         "memory", description="`disk`: spool records to segment files under `state_dir`."
     )
-    max_bytes: int = Field(
-        256 * 1024 * 1024, ge=4096, description="Size cap of the disk buffer."
-    )
+    max_bytes: int = Field(256 * 1024 * 1024, ge=4096, description="Size cap of the disk buffer.")
     when_full: Literal["block", "drop_newest", "drop_oldest"] = Field(
         "block", description="What a full disk buffer does; every drop is counted."
     )

@@ -133,8 +133,7 @@ async def test_more_than_100_long_running_containers_are_all_followed(
     inventory = agent.runtime.state.inventory
     await agent.wait_for(
         lambda: all(
-            (c := inventory.containers.get(cid)) is not None and c.stats is not None
-            for cid in ids
+            (c := inventory.containers.get(cid)) is not None and c.stats is not None for cid in ids
         ),
         timeout=60,
         what="stats of all 110 containers",

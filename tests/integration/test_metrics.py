@@ -207,8 +207,9 @@ async def test_stats_as_records(start_agent, containers) -> None:
     agent = await start_agent(stats={"interval_seconds": 0.5, "records": True})
     cid = await containers.run("while :; do :; done")
     await agent.wait_for(
-        lambda: sum(r["kind"] == "stats" and r["container_id"] == cid for r in agent.records())
-        >= 3,
+        lambda: (
+            sum(r["kind"] == "stats" and r["container_id"] == cid for r in agent.records()) >= 3
+        ),
         what="3 stats records",
     )
     recs = [r for r in agent.records() if r["kind"] == "stats" and r["container_id"] == cid]
