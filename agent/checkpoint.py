@@ -6,6 +6,11 @@ position is the engine timestamp of the last delivered line plus how many lines 
 that timestamp, the same resume key the logs API readers use after a reconnect; after a
 SIGKILL, lines accepted since the last write are read again (the at-least-once window is
 one interval), and nothing is lost. An unreadable file is moved aside and reported.
+
+A container read from its json-file log also has a ``file`` entry (``FileMark``): the
+inode and offset where its delivered lines end, with the stamps at that point, so that the
+files source resumes there without a search, and the API source (or the files source once
+the file is gone) still resumes from the stamps.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import orjson
 import structlog
 
-from agent.logstream import Position
+from agent.logstream import FileMark, Position
 
 log = structlog.get_logger("agent.checkpoint")
 
@@ -28,13 +33,15 @@ FILE_NAME = "checkpoints.json"
 VERSION = 1
 
 Positions = dict[str, dict[str, Position]]  # container id → stream → position
+Marks = dict[str, FileMark]  # container id → where its delivered lines end in its file
+STREAMS = ("stdout", "stderr")
 
 
 class CheckpointError(Exception):
     """The checkpoint file exists but cannot be used."""
 
 
-def _parse(data: bytes) -> tuple[Positions, float]:
+def _parse(data: bytes) -> tuple[Positions, Marks, float]:
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -49,22 +56,26 @@ def _parse(data: bytes) -> tuple[Positions, float]:
     if not isinstance(containers, dict):
         raise CheckpointError("no containers mapping")
     out: Positions = {}
+    marks: Marks = {}
     for cid, streams in containers.items():
         if not isinstance(streams, dict):
             raise CheckpointError(f"container {cid[:12]}: not a mapping")
         per: dict[str, Position] = {}
-        for stream, pos in streams.items():
-            if (
-                stream not in ("stdout", "stderr")
-                or not isinstance(pos, dict)
-                or not isinstance(pos.get("timestamp"), str)
-                or not isinstance(pos.get("count"), int)
-            ):
-                raise CheckpointError(f"container {cid[:12]} stream {stream!r}: bad position")
-            per[stream] = Position(pos["timestamp"], pos["count"])
+        for key, value in streams.items():
+            try:
+                if key == "file":
+                    mark = marks[cid] = FileMark.from_dict(value)
+                    if not set(mark.streams) <= set(STREAMS):
+                        raise ValueError("bad stream in file position")
+                elif key in STREAMS:
+                    per[key] = Position.from_dict(value)
+                else:
+                    raise ValueError("unknown stream")
+            except ValueError as exc:
+                raise CheckpointError(f"container {cid[:12]} {key!r}: {exc}") from None
         out[cid] = per
     written = doc.get("written_at")
-    return out, float(written) if isinstance(written, int | float) else 0.0
+    return out, marks, float(written) if isinstance(written, int | float) else 0.0
 
 
 class CheckpointStore:
@@ -80,17 +91,18 @@ class CheckpointStore:
         self.last_error = ""
         self._last: bytes = b""
 
-    def load(self) -> Positions:
-        """The saved positions; {} when there is no file. Raises CheckpointError."""
+    def load(self) -> tuple[Positions, Marks]:
+        """The saved positions and file marks; empty when there is no file. Raises
+        CheckpointError."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return {}
+            return {}, {}
         except OSError as exc:
             raise CheckpointError(f"cannot read: {exc.strerror or exc}") from None
-        positions, self.written_at = _parse(data)
+        positions, marks, self.written_at = _parse(data)
         self._last = data
-        return positions
+        return positions, marks
 
     def quarantine(self) -> Path | None:
         """Moves an unusable file aside (kept for inspection), so it is not read again."""
@@ -102,22 +114,23 @@ class CheckpointStore:
         return target
 
     @staticmethod
-    def encode(positions: Positions) -> bytes:
+    def encode(positions: Positions, marks: Marks | None = None) -> bytes:
+        containers: dict[str, dict[str, Any]] = {}
+        for cid, streams in positions.items():
+            if not streams:
+                continue
+            entry: dict[str, Any] = {s: p.to_dict() for s, p in streams.items()}
+            mark = (marks or {}).get(cid)
+            if mark is not None:
+                entry["file"] = mark.to_dict()
+            containers[cid] = entry
         return orjson.dumps(
-            {
-                "version": VERSION,
-                "written_at": time.time(),
-                "containers": {
-                    cid: {s: p.to_dict() for s, p in streams.items()}
-                    for cid, streams in positions.items()
-                    if streams
-                },
-            }
+            {"version": VERSION, "written_at": time.time(), "containers": containers}
         )
 
-    def write(self, positions: Positions) -> bool:
+    def write(self, positions: Positions, marks: Marks | None = None) -> bool:
         """Atomically replaces the file; False when nothing changed since the last write."""
-        body = self.encode(positions)
+        body = self.encode(positions, marks)
         # Compare without the timestamp: no write when no position moved.
         if self._last and _strip_time(self._last) == _strip_time(body):
             return False
@@ -141,9 +154,9 @@ class CheckpointStore:
         self.write_seconds += time.perf_counter() - t0
         return True
 
-    async def write_async(self, positions: Positions) -> None:
+    async def write_async(self, positions: Positions, marks: Marks | None = None) -> None:
         try:
-            await asyncio.to_thread(self.write, positions)
+            await asyncio.to_thread(self.write, positions, marks)
             self.last_error = ""
         except OSError as exc:
             if not self.last_error:

@@ -58,7 +58,7 @@ import structlog
 
 from agent.docker import Engine, EngineError, NotFound
 from agent.logs import Emit, LogSource, StreamEnd
-from agent.logstream import LogDecoder, Position
+from agent.logstream import FileMark, LogDecoder, Position
 from agent.record import (
     ContainerMeta,
     Record,
@@ -221,6 +221,28 @@ def _line_time(line: bytes) -> str | None:
         return normalize_time(value["time"])
     except (_JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
         return None
+
+
+def _line_before(fd: int, offset: int) -> bytes | None:
+    """The bytes of the file up to ``offset``, from the start of the line that ends there
+    (at most MAX_LINE_BYTES); None when ``offset`` is not just past a line end."""
+    if offset == 0:
+        return b""
+    want = 4096
+    while True:
+        start = max(0, offset - want)
+        data = os.pread(fd, offset - start, start)
+        if len(data) != offset - start or not data.endswith(b"\n"):
+            return None  # shorter than the mark (truncated), or not a line end
+        if data.rfind(b"\n", 0, len(data) - 1) >= 0 or start == 0:
+            return data
+        if want >= MAX_LINE_BYTES:
+            return data
+        want *= 4
+
+
+def _last_line(data: bytes) -> bytes:
+    return data[data.rfind(b"\n", 0, len(data) - 1) + 1 : -1]
 
 
 def first_offset_at_or_after(fd: int, size: int, cut: str) -> int:
@@ -749,11 +771,28 @@ class _Tail:
         self.max_size = _parse_size((log_config.get("Config") or {}).get("max-size"))
 
         since = min((p.timestamp for p in positions.values()), default=None)
+        resume = positions
+        mark = self.reader.followers.marks.get(self.cid)
+        if mark is not None and await self._seek(mark):
+            # Only the lines after the mark are read: nothing to search, nothing before it
+            # to skip.
+            resume, since, how = mark.resume(positions), None, "position"
+        else:
+            await self._seek_time(since)
+            how = "timestamp" if since is not None else "start"
+        if how != "start":
+            log.info(
+                "log_file_resumed",
+                container=self.reader.meta.name,
+                id=self.cid[:12],
+                by=how,
+                inode=self.files[0].ino,
+                offset=self.files[0].offset,
+            )
         decoder = JsonFileDecoder(
-            self.reader.meta, source.max_message_bytes, resume=positions, since=since, tty=tty
+            self.reader.meta, source.max_message_bytes, resume=resume, since=since, tty=tty
         )
         self.reader.decoder = decoder
-        await self._start_position(since)
 
         stopping = running is False
         why = "stopped"
@@ -782,10 +821,7 @@ class _Tail:
                 f.seen = max(f.seen, os.fstat(f.fd).st_size)  # what a truncation could take
                 f.lines += len(records)
                 f.bytes += cut
-                if records:
-                    await emit(records)
-                if not decoder._pending:
-                    source._hints[self.cid] = (f.ino, f.offset, f.tail)
+                await self._emit(f, decoder, records, emit)
                 await asyncio.sleep(0)  # the next chunk may be read without a suspension
                 continue
             if len(data) >= source.chunk_bytes and await self._long_line(f, decoder, emit):
@@ -928,7 +964,7 @@ class _Tail:
         f.offset = 0
         f.seen = 0
         f.tail = b""
-        self.source._hints.pop(self.cid, None)
+        self.reader.followers.marks.pop(self.cid, None)
 
     async def _long_line(self, f: _File, decoder: JsonFileDecoder, emit: Emit) -> bool:
         """A whole chunk without a line end (the engine never writes one: a message holds
@@ -943,8 +979,7 @@ class _Tail:
                 records = decoder.feed_lines(data[:cut])
                 f.tail = data[max(0, cut - 64) : cut]
                 f.offset += cut
-                if records:
-                    await emit(records)
+                await self._emit(f, decoder, records, emit)
                 return True
             if len(data) < size:
                 return False
@@ -961,19 +996,50 @@ class _Tail:
             f.offset += len(data)
             f.tail = data[-64:]
 
-    async def _start_position(self, since: str | None) -> None:
-        """Where reading starts: where the last read of this container stopped, else the
-        first line at or after ``since`` (less a margin), else the oldest file's start."""
-        hint = self.source._hints.get(self.cid)
-        if hint is not None:
-            ino, offset, tail = hint
-            for i, f in enumerate(list(self.files)):
-                if f.ino == ino and os.fstat(f.fd).st_size >= offset:
-                    for old in self.files[:i]:
-                        self._retire(old)
-                    f.offset = offset
-                    f.tail = tail
-                    return
+    async def _emit(
+        self, f: _File, decoder: JsonFileDecoder, records: list[Record], emit: Emit
+    ) -> None:
+        """Emits a chunk's records; when the chunk ended at a line boundary, its last
+        record carries the file position (the exporters' acknowledgements turn it into the
+        checkpoint), and the reader's own mark moves there."""
+        if not records:
+            return
+        clean = not decoder._pending
+        if clean:
+            records[-1].mark = (f.ino, f.offset)
+        await emit(records)
+        if clean:
+            positions = self.reader.followers.positions.get(self.cid, {})
+            self.reader.followers.marks[self.cid] = FileMark(
+                f.ino, f.offset, records[-1].timestamp, dict(positions), f.tail
+            )
+
+    async def _seek(self, mark: FileMark) -> bool:
+        """Starts reading at ``mark`` when its file is still here, at least that long, and
+        the line before the offset is the one the mark names (an inode can be reused);
+        older files are let go. False: the mark cannot be trusted."""
+        for i, f in enumerate(self.files):
+            if f.ino != mark.inode:
+                continue
+            tail = await asyncio.to_thread(_line_before, f.fd, mark.offset)
+            if tail is None:
+                return False
+            if mark.tail:
+                same = tail.endswith(mark.tail)
+            else:
+                same = not tail or _line_time(_last_line(tail)) == mark.timestamp
+            if not same:
+                return False
+            for old in self.files[:i]:
+                self._retire(old)
+            f.offset = mark.offset
+            f.tail = tail[-64:]
+            return True
+        return False
+
+    async def _seek_time(self, since: str | None) -> None:
+        """Starts reading at the first line at or after ``since`` (less a margin), else at
+        the oldest file's start."""
         if since is None:
             return
         cut = _minus_margin(since)
@@ -1047,9 +1113,7 @@ class JsonFileLogSource(LogSource):
         self.poll_seconds = poll_seconds
         self.trickle_seconds = trickle_seconds
         self.lost = 0  # lines lost to rotation or truncation (estimated), all containers
-        # Per container: (inode, offset) where the last read stopped with nothing pending,
-        # and lines/bytes of files finished (to estimate lines lost).
-        self._hints: dict[str, tuple[int, int, bytes]] = {}
+        # Per container: lines/bytes of files finished (to estimate lines lost).
         self._lines: dict[str, int] = {}
         self._bytes: dict[str, int] = {}
         self._inotify: Inotify | None = None
@@ -1073,7 +1137,7 @@ class JsonFileLogSource(LogSource):
 
     def _prune(self, reader: ContainerReader) -> None:
         known = reader.followers.positions
-        for table in (self._hints, self._lines, self._bytes):
+        for table in (self._lines, self._bytes):
             for cid in [c for c in table if c not in known]:
                 del table[cid]
 

@@ -19,7 +19,7 @@ import structlog
 from agent.docker import Engine, EngineError, NotFound
 from agent.filters import ContainerFilter
 from agent.inventory import Inventory
-from agent.logstream import LogDecoder, Position, advance
+from agent.logstream import FileMark, LogDecoder, Position, advance
 from agent.record import ContainerMeta, Record, timestamp_to_unix
 
 log = structlog.get_logger("agent.logs")
@@ -210,6 +210,9 @@ class LogFollowers:
         self.host = host
         self.backoff_delay = backoff_delay
         self.positions: dict[str, dict[str, Position]] = {}
+        # File-read containers: where the lines read so far end in the log file (kept by
+        # the files source; seeded from the checkpoint).
+        self.marks: dict[str, FileMark] = {}
         self.inventory = Inventory()  # the runtime shares its own
         self.metas: dict[str, ContainerMeta] = {}
         self.readers: dict[str, ContainerReader] = {}
@@ -267,12 +270,14 @@ class LogFollowers:
             self._destroyed.add(container_id)
             return
         self.positions.pop(container_id, None)
+        self.marks.pop(container_id, None)
         self.metas.pop(container_id, None)
 
     def prune(self, existing: set[str]) -> None:
         for cid in list(self.positions):
             if cid not in existing and cid not in self._tasks:
                 self.positions.pop(cid, None)
+                self.marks.pop(cid, None)
                 self.metas.pop(cid, None)
 
     async def close(self) -> None:

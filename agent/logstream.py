@@ -37,6 +37,79 @@ class Position:
     def to_dict(self) -> dict[str, object]:
         return {"timestamp": self.timestamp, "count": self.count}
 
+    @classmethod
+    def from_dict(cls, doc: object) -> Position:
+        """Raises ValueError when ``doc`` is not a position's ``to_dict``."""
+        if (
+            not isinstance(doc, dict)
+            or not isinstance(doc.get("timestamp"), str)
+            or not isinstance(doc.get("count"), int)
+        ):
+            raise ValueError("bad position")
+        return cls(doc["timestamp"], doc["count"])
+
+
+@dataclass
+class FileMark:
+    """Where the delivered lines of a file-read container end in its json-file log.
+
+    Every line before ``offset`` of the file with inode ``inode`` was delivered, and none
+    after it; ``timestamp`` is the stamp of the line just before ``offset`` (checked on
+    resume, so that a reused inode is not trusted) and ``streams`` each stream's
+    ``Position`` at that point. A reader resumes there without a search, and the
+    timestamps still bridge to the other source (the logs API knows no offsets).
+    """
+
+    inode: int
+    offset: int
+    timestamp: str
+    streams: dict[str, Position]
+    tail: bytes = b""  # the bytes before ``offset``, when known (truncation check)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "inode": self.inode,
+            "offset": self.offset,
+            "timestamp": self.timestamp,
+            "streams": {s: p.to_dict() for s, p in self.streams.items()},
+        }
+
+    def key(self) -> tuple[str, int]:
+        """Orders marks of one container (a later mark has a later stamp or offset)."""
+        return (self.timestamp, self.offset)
+
+    def resume(self, positions: dict[str, Position]) -> dict[str, Position]:
+        """``positions`` (delivered, at or after this mark) as seen from the mark: only
+        lines after ``offset`` are read again, so a stream's count of lines sharing its
+        last stamp no longer includes those before the mark."""
+        out: dict[str, Position] = {}
+        for stream, pos in positions.items():
+            at = self.streams.get(stream)
+            if at is not None and at.timestamp == pos.timestamp:
+                if pos.count > at.count:
+                    out[stream] = Position(pos.timestamp, pos.count - at.count)
+            else:
+                out[stream] = pos
+        return out
+
+    @classmethod
+    def from_dict(cls, doc: object) -> FileMark:
+        """Raises ValueError when ``doc`` is not a mark's ``to_dict``."""
+        if not isinstance(doc, dict):
+            raise ValueError("not a mapping")
+        inode, offset, ts, streams = (
+            doc.get(k) for k in ("inode", "offset", "timestamp", "streams")
+        )
+        if not (
+            isinstance(inode, int)
+            and isinstance(offset, int)
+            and offset >= 0
+            and isinstance(ts, str)
+            and isinstance(streams, dict)
+        ):
+            raise ValueError("bad file position")
+        return cls(inode, offset, ts, {s: Position.from_dict(p) for s, p in streams.items()})
+
 
 class _Pending:
     __slots__ = ("length", "parts", "timestamp", "truncated")

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from agent.buffer import DiskBuffer
-from agent.logstream import Position, advance
+from agent.logstream import FileMark, Position, advance
 from agent.record import Record
 from agent.retry import Backoff
 from exporters.base import Exporter, ExporterConfig
@@ -85,8 +85,9 @@ class ExporterRunner:
     """Owns one exporter: its queue, its optional disk buffer, its workers, its counters.
 
     ``acked`` holds, per container and stream, the position of the last log line this
-    exporter accepted (sent, or appended to its disk buffer); the checkpoint is the lowest
-    of these over the exporters that must not lose records (``durable``).
+    exporter accepted (sent, or appended to its disk buffer), and ``marks`` where those
+    lines end in a file-read container's log; the checkpoint is the lowest of these over
+    the exporters that must not lose records (``durable``).
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class ExporterRunner:
         self.failures = 0
         self.last_error = ""
         self.acked: dict[str, dict[str, Position]] = {}
+        self.marks: dict[str, FileMark] = {}
         self.durable = config.when_full == "block" and (
             buffer is None or buffer.when_full == "block"
         )
@@ -145,7 +147,14 @@ class ExporterRunner:
             if rec.kind == "log":
                 by_container.setdefault(rec.meta.id, []).append(rec)
         for cid, records in by_container.items():
-            advance(self.acked.setdefault(cid, {}), records)
+            positions = self.acked.setdefault(cid, {})
+            advance(positions, records)
+            # Batches are acknowledged whole, as the reader emitted them: a container's
+            # last record here ends one of its reader's batches.
+            last = records[-1]
+            if last.mark is not None:
+                ino, offset = last.mark
+                self.marks[cid] = FileMark(ino, offset, last.timestamp, dict(positions))
 
     async def _send(self, batch: list[Record]) -> None:
         """Sends until the exporter accepts the batch, backing off between failures."""
@@ -278,15 +287,19 @@ class Pipeline:
             # Queue where there is room first; then wait for every full queue together.
             await asyncio.gather(*waits)
 
-    def delivered(self, metas: dict[str, Any]) -> dict[str, dict[str, Position]] | None:
+    def delivered(
+        self, metas: dict[str, Any]
+    ) -> tuple[dict[str, dict[str, Position]], dict[str, FileMark]] | None:
         """Per container and stream, the lowest position every durable exporter that takes
-        the container has accepted; None when no exporter is durable (then what was read
-        and queued is the checkpoint). A stream some durable exporter has not accepted
-        anything of yet is left out (its previous checkpoint stands)."""
+        the container has accepted, and the earliest of their file marks; None when no
+        exporter is durable (then what was read and queued is the checkpoint). A stream
+        (or mark) some durable exporter has not accepted anything of yet is left out (its
+        previous checkpoint stands)."""
         durable = [r for r in self._takers if r.durable]
         if not durable:
             return None
         out: dict[str, dict[str, Position]] = {}
+        marks: dict[str, FileMark] = {}
         for cid in set().union(*(r.acked for r in durable)):
             meta = metas.get(cid)
             holders = [
@@ -310,13 +323,18 @@ class Pipeline:
                     per[stream] = best
             if per:
                 out[cid] = per
-        return out
+            held = [r.marks.get(cid) for r in holders]
+            if held and all(m is not None for m in held):
+                marks[cid] = min(held, key=FileMark.key)  # type: ignore[arg-type]
+        return out, marks
 
     def forget(self, keep: set[str]) -> None:
         """Drops acknowledgement state of containers no longer known."""
         for r in self.runners:
             for cid in [c for c in r.acked if c not in keep]:
                 del r.acked[cid]
+            for cid in [c for c in r.marks if c not in keep]:
+                del r.marks[cid]
 
     async def close(self, drain_seconds: float) -> None:
         """Drains every exporter within ``drain_seconds`` overall, then closes them."""

@@ -134,6 +134,7 @@ class Record:
         "action",
         "attributes",
         "kind",
+        "mark",
         "message",
         "meta",
         "stats",
@@ -164,6 +165,9 @@ class Record:
         self.attributes = attributes
         self.stats = stats
         self._json: bytes | None = None
+        # File-read log lines: (inode, offset just past this line) on the last record of a
+        # batch that ends at a line boundary; what checkpoints by position are made of.
+        self.mark: tuple[int, int] | None = None
 
     @classmethod
     def log(

@@ -26,7 +26,7 @@ from agent.docker import Engine, EngineError
 from agent.inventory import Inventory
 from agent.jsonfile import JsonFileLogSource, SourceChooser
 from agent.logs import ApiLogSource, LogFollowers
-from agent.logstream import Position
+from agent.logstream import FileMark, Position
 from agent.pipeline import ExporterRunner, Pipeline
 from agent.retry import Backoff
 from agent.stats import StatsCollector
@@ -50,6 +50,7 @@ class Runtime:
         self.stats: StatsCollector | None = None
         self.checkpoints: CheckpointStore | None = None
         self._checkpoint: dict[str, dict[str, Position]] = {}
+        self._marks: dict[str, FileMark] = {}
         self.state: AgentState | None = None
         self._signals = 0
 
@@ -73,7 +74,7 @@ class Runtime:
         for containers without one."""
         assert self.checkpoints is not None and self.followers is not None
         try:
-            saved = self.checkpoints.load()
+            saved, marks = self.checkpoints.load()
         except CheckpointError as exc:
             moved = self.checkpoints.quarantine()
             log.error(
@@ -87,29 +88,35 @@ class Runtime:
         for cid, streams in saved.items():
             self.followers.positions[cid] = dict(streams)
             self._checkpoint[cid] = dict(streams)
+        self.followers.marks.update(marks)
+        self._marks.update(marks)
         if saved:
             log.info("checkpoints_loaded", containers=len(saved), path=str(self.checkpoints.path))
         return self.config.logs.start_at
 
-    def checkpoint_positions(self) -> dict[str, dict[str, Position]]:
-        """What the checkpoint says now: the positions every durable exporter accepted."""
+    def checkpoint_positions(self) -> tuple[dict[str, dict[str, Position]], dict[str, FileMark]]:
+        """What the checkpoint says now: the positions (and file marks) every durable
+        exporter accepted."""
         assert self.pipeline is not None and self.followers is not None
         known = set(self.followers.positions)
         delivered = self.pipeline.delivered(self.followers.metas)
         if delivered is None:  # no exporter must hold lines back: what was read counts
-            delivered = self.followers.positions
-        for cid, streams in delivered.items():
+            delivered = self.followers.positions, self.followers.marks
+        positions, marks = delivered
+        for cid, streams in positions.items():
             self._checkpoint.setdefault(cid, {}).update(streams)
-        for cid in [c for c in self._checkpoint if c not in known]:
-            del self._checkpoint[cid]
+        self._marks.update(marks)
+        for table in (self._checkpoint, self._marks):
+            for cid in [c for c in table if c not in known]:
+                del table[cid]
         self.pipeline.forget(known)
-        return self._checkpoint
+        return self._checkpoint, self._marks
 
     async def _checkpoint_loop(self) -> None:
         assert self.checkpoints is not None
         while True:
             await asyncio.sleep(self.checkpoints.interval)
-            await self.checkpoints.write_async(self.checkpoint_positions())
+            await self.checkpoints.write_async(*self.checkpoint_positions())
 
     def request_stop(self) -> None:
         self._signals += 1
@@ -224,7 +231,7 @@ class Runtime:
             await self.followers.close()
             await self.pipeline.close(cfg.agent.shutdown_timeout_seconds)
             # After the drain, the checkpoint covers everything that was delivered.
-            await self.checkpoints.write_async(self.checkpoint_positions())
+            await self.checkpoints.write_async(*self.checkpoint_positions())
             await self.engine.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -8,12 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from agent.record import timestamp_to_unix
+from agent.record import normalize_timestamp, timestamp_to_unix
 
 N = 20000  # lines per container
 
@@ -62,12 +63,22 @@ async def wait_lines(path: Path, n: int, timeout: float = 60) -> None:
     raise AssertionError(f"{path.name}: fewer than {n} lines after {timeout}s")
 
 
+async def wait_checkpoint(path: Path, ids: list[str], timeout: float = 20) -> None:
+    """Until the checkpoint file names every container: the restart then resumes from it."""
+    for _ in range(int(timeout / 0.1)):
+        if path.exists() and all(c in orjson.loads(path.read_bytes())["containers"] for c in ids):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{path} does not name all of {ids} after {timeout}s")
+
+
 async def run_restart(
     tmp: Path,
     engine_host: str,
     containers,
     sig: int,
     sources: tuple[dict | None, dict | None] = (None, None),
+    between: Callable[[list[str]], None] | None = None,
 ) -> dict:
     script = (
         f'i=0; while [ $i -lt {N} ]; do echo "seq $i"; i=$((i+1)); '
@@ -78,11 +89,14 @@ async def run_restart(
         await asyncio.sleep(1.0)
         ids = [await containers.run(script) for _ in range(3)]
         await wait_lines(tmp / "run1.ndjson", 6000)
+        await wait_checkpoint(tmp / "state" / "checkpoints.json", ids)
         first.send_signal(sig)
         assert await asyncio.to_thread(first.wait, 30) == (0 if sig == signal.SIGTERM else -9)
     finally:
         if first.poll() is None:
             first.kill()
+    if between is not None:
+        between(ids)
     second = start(agent_config(tmp, engine_host, containers.run_id, "run2", sources[1]), tmp)
     try:
         for cid in ids:
@@ -167,15 +181,65 @@ async def test_corrupt_checkpoint_file_is_reported_and_moved_aside(
     assert cid in saved["containers"]
 
 
-@pytest.mark.parametrize("then", ["files", "api"])
-async def test_sigkill_mid_stream_reading_files(engine_host, containers, tmp_path, then) -> None:
-    """Run 1 reads the json-file logs from disk; run 2 (after SIGKILL) reads them from disk
-    again or through the logs API: the timestamp positions bridge the two sources."""
+@pytest.mark.parametrize(
+    ("first", "then"), [("files", "files"), ("files", "api"), ("api", "files")]
+)
+async def test_sigkill_mid_stream_reading_files(
+    engine_host, containers, tmp_path, first, then
+) -> None:
+    """SIGKILL while reading the json-file logs (or the API), then read from disk again or
+    through the other source. A file-read container's checkpoint is (inode, offset) plus
+    the stamps: the files source resumes at the offset, and the stamps bridge sources."""
     info = await containers.docker.system.info()
-    files = {"source": "files", "containers_dir": f"{info['DockerRootDir']}/containers"}
-    second = files if then == "files" else {"source": "api"}
-    result = await run_restart(tmp_path, engine_host, containers, signal.SIGKILL, (files, second))
+    root = f"{info['DockerRootDir']}/containers"
+    files = {"source": "files", "containers_dir": root}
+    pick = {"files": files, "api": {"source": "api"}}
+    marks: dict[str, dict] = {}
+
+    def check_checkpoint(ids: list[str]) -> None:
+        saved = orjson.loads((tmp_path / "state" / "checkpoints.json").read_bytes())
+        for cid in ids:
+            entry = saved["containers"][cid]
+            if first == "api":
+                assert "file" not in entry  # the API knows no file positions
+                continue
+            mark = marks[cid] = entry["file"]
+            log = Path(root) / cid / f"{cid}-json.log"
+            assert mark["inode"] == log.stat().st_ino
+            assert 0 < mark["offset"] <= log.stat().st_size
+            # The offset is just past a line, and that line is the one the mark names.
+            with log.open("rb") as fh:
+                head = fh.read(mark["offset"])
+            assert head.endswith(b"\n")
+            last = orjson.loads(head[head.rfind(b"\n", 0, len(head) - 1) + 1 :])
+            assert normalize_timestamp(last["time"]) == mark["timestamp"]
+            assert entry["stdout"]["timestamp"] >= mark["timestamp"]
+
+    result = await run_restart(
+        tmp_path,
+        engine_host,
+        containers,
+        signal.SIGKILL,
+        (pick[first], pick[then]),
+        between=check_checkpoint,
+    )
     for first_run, dups in result.values():
         if dups and first_run:
             last = float(timestamp_to_unix(first_run[-1]["timestamp"]))
             assert last - float(timestamp_to_unix(dups[0]["timestamp"])) <= 2.0
+    resumed = [
+        orjson.loads(x)
+        for x in (tmp_path / "run2.stderr").read_text().splitlines()
+        if "log_file_resumed" in x
+    ]
+    if then == "files":
+        by = {e["id"]: e for e in resumed}
+        for cid in result:
+            if first == "files":
+                # Straight to the checkpoint's offset, no search through the file.
+                assert by[cid[:12]]["by"] == "position"
+                assert by[cid[:12]]["offset"] == marks[cid]["offset"]
+            else:
+                assert by[cid[:12]]["by"] == "timestamp"
+    else:
+        assert resumed == []

@@ -7,23 +7,37 @@ from pathlib import Path
 import pytest
 
 from agent.checkpoint import CheckpointError, CheckpointStore
-from agent.logstream import Position
+from agent.logstream import FileMark, Position
 
 T1 = "2026-01-01T00:00:01.000000000Z"
 
 
 def test_round_trip_and_no_write_when_unchanged(tmp_path: Path) -> None:
     store = CheckpointStore(str(tmp_path / "state"), 1.0)
-    assert store.load() == {}
+    assert store.load() == ({}, {})
     positions = {"c1": {"stdout": Position(T1, 2), "stderr": Position(T1, 1)}, "c2": {}}
     assert store.write(positions) is True
     assert store.write(positions) is False  # nothing moved: no disk write
     assert not list((tmp_path / "state").glob("*.tmp"))
     again = CheckpointStore(str(tmp_path / "state"), 1.0)
-    assert again.load() == {"c1": {"stdout": Position(T1, 2), "stderr": Position(T1, 1)}}
+    assert again.load() == ({"c1": {"stdout": Position(T1, 2), "stderr": Position(T1, 1)}}, {})
     assert again.written_at > 0
     positions["c1"]["stdout"] = Position(T1, 3)
     assert store.write(positions) is True and store.writes == 2
+
+
+def test_file_marks_round_trip_beside_the_stream_positions(tmp_path: Path) -> None:
+    store = CheckpointStore(str(tmp_path), 1.0)
+    positions = {"c1": {"stdout": Position(T1, 2)}, "c2": {"stderr": Position(T1, 1)}}
+    mark = FileMark(123456, 98765, T1, {"stdout": Position(T1, 2)}, tail=b"not kept")
+    assert store.write(positions, {"c1": mark, "gone": mark}) is True
+    loaded_positions, marks = CheckpointStore(str(tmp_path), 1.0).load()
+    assert loaded_positions == positions
+    # The tail is only an in-memory check; a mark of a container without positions is
+    # not written.
+    assert marks == {"c1": FileMark(123456, 98765, T1, {"stdout": Position(T1, 2)})}
+    # A moved mark is a change worth a write.
+    assert store.write(positions, {"c1": FileMark(123456, 99999, T1, {})}) is True
 
 
 @pytest.mark.parametrize(
@@ -36,6 +50,15 @@ def test_round_trip_and_no_write_when_unchanged(tmp_path: Path) -> None:
         (b'{"version": 1}', "no containers"),
         (
             b'{"version": 1, "containers": {"c1": {"stdin": {"timestamp": "t", "count": 1}}}}',
+            "unknown stream",
+        ),
+        (
+            b'{"version": 1, "containers": {"c1": {"file": {"inode": "x", "offset": 1}}}}',
+            "bad file position",
+        ),
+        (
+            b'{"version": 1, "containers": {"c1": {"file": {"inode": 1, "offset": 2, '
+            b'"timestamp": "t", "streams": {"stdout": {"count": 1}}}}}}',
             "bad position",
         ),
         (
@@ -54,7 +77,7 @@ def test_unusable_files_are_reported_and_moved_aside(
         store.load()
     moved = store.quarantine()
     assert moved is not None and moved.read_bytes() == content
-    assert store.load() == {}
+    assert store.load() == ({}, {})
 
 
 def test_unreadable_directory_is_an_error_not_a_crash(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from agent.jsonfile import (
     normalize_time,
 )
 from agent.logs import StreamEnd
-from agent.logstream import LogDecoder, Position, advance
+from agent.logstream import FileMark, LogDecoder, Position, advance
 from agent.record import ContainerMeta, Record, format_timestamp_ns
 
 DATA = Path(__file__).parent / "data"
@@ -233,7 +233,7 @@ class Run:
         self.on_emit = on_emit
         self.reader = SimpleNamespace(
             meta=meta(),
-            followers=SimpleNamespace(positions={CID: {}}),
+            followers=SimpleNamespace(positions={CID: {}}, marks={}),
             decoder=None,
             lost=0,
         )
@@ -459,11 +459,78 @@ async def test_resumes_after_a_restart_from_where_it_stopped(tmp_path: Path) -> 
     writer.write(5)
     engine.running = True
     again = Run(source)
-    again.reader.followers.positions = run.reader.followers.positions
+    again.reader.followers = run.reader.followers
     again.start()
     await again.until(5)
     await stop(again, engine, writer)
     assert again.messages() == [f"line {i}" for i in range(10, 15)]
+    assert again.reader.decoder.skipped == 0  # started at the mark: nothing read twice
+
+
+def checkpointed(run: Run) -> FileMark:
+    """The reader's mark as a checkpoint file holds it (no tail bytes)."""
+    m = run.reader.followers.marks[CID]
+    return FileMark(m.inode, m.offset, m.timestamp, dict(m.streams))
+
+
+async def test_resumes_from_a_checkpointed_file_position(tmp_path: Path) -> None:
+    """After an agent restart the checkpoint's (inode, offset) is where reading starts:
+    no search and nothing read twice, even when lines on both sides of the mark share one
+    stamp (the per-stream count then only covers the lines after the mark)."""
+    engine = FakeEngine()
+    writer = Writer(tmp_path)
+    writer.step_ns = 0  # every line stamped alike: a count alone cannot place the mark
+    writer.write(6)
+    run = Run(source_for(tmp_path, engine)).start()
+    await run.until(6)
+    await stop(run, engine, writer)
+    mark = checkpointed(run)
+    assert mark.inode == os.stat(writer.path).st_ino
+    assert mark.offset == os.path.getsize(writer.path)
+    assert mark.streams["stdout"].count == 6
+    writer.reopen()
+    writer.write(4)  # delivered after the mark, in a batch that ended mid-line
+    delivered = {"stdout": Position(mark.timestamp, 10)}
+    writer.write(5)  # never delivered
+    engine.running = True
+    again = Run(source_for(tmp_path, engine))  # a new process: no in-memory state
+    again.reader.followers.positions[CID] = dict(delivered)
+    again.reader.followers.marks[CID] = mark
+    again.start()
+    await again.until(5)
+    await stop(again, engine, writer)
+    assert again.messages() == [f"line {i}" for i in range(10, 15)]
+    assert again.reader.decoder.skipped == 4  # only the 4 after the mark were read again
+
+
+@pytest.mark.parametrize("stale", ["inode", "stamp", "offset"])
+async def test_an_untrustworthy_mark_falls_back_to_the_timestamps(
+    tmp_path: Path, stale: str
+) -> None:
+    engine = FakeEngine()
+    writer = Writer(tmp_path)
+    writer.write(10)
+    run = Run(source_for(tmp_path, engine)).start()
+    await run.until(10)
+    await stop(run, engine, writer)
+    mark = checkpointed(run)
+    if stale == "inode":  # the file was rotated away and deleted meanwhile
+        mark.inode += 1
+    elif stale == "stamp":  # the inode was reused by another file
+        mark.timestamp = "2001-01-01T00:00:00.000000000Z"
+    else:  # not at a line end (or past the end of a truncated file)
+        mark.offset -= 3
+    writer.reopen()
+    writer.write(5)
+    engine.running = True
+    again = Run(source_for(tmp_path, engine))
+    again.reader.followers.positions[CID] = dict(run.reader.followers.positions[CID])
+    again.reader.followers.marks[CID] = mark
+    again.start()
+    await again.until(5)
+    await stop(again, engine, writer)
+    assert again.messages() == [f"line {i}" for i in range(10, 15)]
+    assert again.reader.decoder.skipped > 0  # found by the stamps instead
 
 
 async def test_start_at_now_skips_the_history_without_reading_it_all(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from agent.logstream import FileMark, Position
 from agent.pipeline import ExporterRunner, Pipeline, RecordQueue
 from agent.record import ContainerMeta, Record
 from agent.retry import Backoff
@@ -181,14 +182,46 @@ async def test_checkpoint_is_the_lowest_position_over_durable_exporters() -> Non
     await p.send(recs(3))
     await asyncio.sleep(0.05)
     # fast accepted t0..t2, slow nothing yet: no position can be claimed for the stream
-    assert p.delivered({}) == {}
+    assert p.delivered({}) == ({}, {})
     slow_gate.set()
     await asyncio.sleep(0.05)
-    got = p.delivered({})
+    got, marks = p.delivered({})
     assert got["web"]["stdout"].timestamp == "t2"
+    assert marks == {}  # records read through the API carry no file position
     assert r_drop.durable is False and r_fast.durable is True
     p.forget(set())
-    assert p.delivered({}) == {}
+    assert p.delivered({}) == ({}, {})
+    await p.close(0.1)
+
+
+async def test_file_mark_is_the_earliest_over_durable_exporters() -> None:
+    """Each batch a files reader emits ends in a record marked with the file position
+    after it; the checkpoint's mark is the one every durable exporter has passed, with
+    the stream positions at that point."""
+    fast, slow_gate = Memory("fast", Config()), asyncio.Event()
+    slow = Memory("slow", Config(), slow_gate)
+    r_fast, r_slow = runner(fast), runner(slow)
+    p = Pipeline([r_fast, r_slow])
+    await p.start()
+    first, second = recs(3), recs(3)
+    for i, r in enumerate(second):
+        r.timestamp = f"t{i + 3}"
+    first[-1].mark = (7, 300)
+    second[-1].mark = (7, 600)
+    await p.send(first)
+    await p.send(second)
+    await asyncio.sleep(0.05)
+    assert r_fast.marks["web"].offset == 600 and "web" not in r_slow.marks
+    assert p.delivered({})[1] == {}  # slow has no mark yet: none can be claimed
+    slow_gate.set()
+    await asyncio.sleep(0.05)
+    mark = p.delivered({})[1]["web"]
+    assert (mark.inode, mark.offset, mark.timestamp) == (7, 600, "t5")
+    assert mark.streams == {"stdout": Position("t5", 1)}
+    r_slow.marks["web"] = FileMark(7, 300, "t2", {"stdout": Position("t2", 1)})
+    assert p.delivered({})[1]["web"].offset == 300  # the slower exporter's
+    p.forget(set())
+    assert p.delivered({}) == ({}, {})
     await p.close(0.1)
 
 
