@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 
 import orjson
@@ -35,6 +36,9 @@ def _error(message: str) -> int:
     return EXIT_USAGE
 
 
+GC_THRESHOLD = 20_000  # allocations between two young-generation collections (default 700)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "config-reference":
@@ -58,8 +62,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _error(f"config error: {exc}")
     agent_logging.configure(config.agent.log_level, config.agent.log_format)
+    tune_gc()
     try:
         return asyncio.run(Runtime(config).run())
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
         structlog.get_logger("agent").warning("agent_interrupted")
         return 130
+
+
+def tune_gc() -> None:
+    """The cyclic GC, tuned for a stream of short-lived records.
+
+    Every log line is one GC-tracked ``Record`` that lives until the exporters have it (tens
+    of thousands at a time in the queues); with the default thresholds the collector runs
+    every 700 allocations and keeps promoting queued records into the old generations, then
+    walks everything the imports left behind (~200k objects) again and again: measured, a
+    third of the decoding cost. Records form no cycles; the objects made at start-up are
+    frozen out of the collector, and the young generation holds many more objects.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)

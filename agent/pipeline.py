@@ -24,7 +24,10 @@ from exporters.base import Exporter, ExporterConfig
 
 log = structlog.get_logger("agent.pipeline")
 
-_COALESCE_RECORDS = 8192  # a worker joins queued batches up to this size per send
+# A worker joins queued batches up to this size per send: large enough that a write or a
+# request per send is cheap per line, small enough that the batch being encoded (and its
+# output) stays around a megabyte.
+_COALESCE_RECORDS = 2048
 
 
 class RecordQueue:

@@ -29,8 +29,8 @@ from agent.logs import ApiLogSource, LogFollowers
 from agent.logstream import FileMark, Position
 from agent.pipeline import ExporterRunner, Pipeline
 from agent.retry import Backoff
+from agent.state import AgentState
 from agent.stats import StatsCollector
-from agent.telemetry import AgentState
 from exporters.base import REGISTRY, ExporterConfig
 
 log = structlog.get_logger("agent.runtime")

@@ -10,20 +10,16 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.inventory import HEALTH, STATES, ContainerInfo, Inventory
+from agent.inventory import HEALTH, STATES, ContainerInfo
 from agent.record import timestamp_to_unix
 
 if TYPE_CHECKING:
-    from agent.discovery import Discovery
-    from agent.logs import LogFollowers
-    from agent.pipeline import Pipeline
-    from agent.stats import StatsCollector
+    from agent.state import AgentState
 
 _NS = 1e9
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
@@ -32,36 +28,6 @@ _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 def sanitize_label(name: str) -> str:
     """cAdvisor's rule: ``container_label_`` + the name with every invalid char as ``_``."""
     return "container_label_" + _INVALID.sub("_", name)
-
-
-@dataclass
-class AgentState:
-    """Everything the collectors may read; built by the runtime."""
-
-    inventory: Inventory
-    pipeline: Pipeline
-    discovery: Discovery
-    followers: LogFollowers
-    stats: StatsCollector | None = None
-
-    def ready(self) -> tuple[bool, dict[str, Any]]:
-        """Engine reachable and every exporter healthy; the details say why not."""
-        engine_ok = self.discovery.connected.is_set()
-        exporters = {}
-        for runner in self.pipeline.runners:
-            health = runner.exporter.health()
-            exporters[runner.name] = {"ok": health.ok, "detail": health.detail}
-        ok = engine_ok and all(e["ok"] for e in exporters.values())
-        body = {
-            "ready": ok,
-            "engine": {
-                "ok": engine_ok,
-                "host": self.discovery.engine.host,
-                "detail": "" if engine_ok else self.discovery.last_error,
-            },
-            "exporters": exporters,
-        }
-        return ok, body
 
 
 class ContainerCollector(Collector):

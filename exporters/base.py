@@ -42,7 +42,9 @@ class ExporterConfig(Section):
 
     type: str = Field(description="Which exporter this is (file, …).")
     queue_records: int = Field(
-        20_000, ge=1, description="Records the exporter's queue holds before `when_full` applies."
+        8192,
+        ge=1,
+        description="Records the exporter's queue holds before `when_full` applies.",
     )
     when_full: Literal["block", "drop_newest"] = Field(
         "block",

@@ -1,0 +1,48 @@
+"""What the agent is doing right now, in one object handed to the exporters (``bind``).
+
+Kept apart from the Prometheus collectors that read it, so that an agent without a
+prometheus exporter never imports prometheus-client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agent.inventory import Inventory
+
+if TYPE_CHECKING:
+    from agent.discovery import Discovery
+    from agent.logs import LogFollowers
+    from agent.pipeline import Pipeline
+    from agent.stats import StatsCollector
+
+
+@dataclass
+class AgentState:
+    """Everything the collectors may read; built by the runtime."""
+
+    inventory: Inventory
+    pipeline: Pipeline
+    discovery: Discovery
+    followers: LogFollowers
+    stats: StatsCollector | None = None
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Engine reachable and every exporter healthy; the details say why not."""
+        engine_ok = self.discovery.connected.is_set()
+        exporters = {}
+        for runner in self.pipeline.runners:
+            health = runner.exporter.health()
+            exporters[runner.name] = {"ok": health.ok, "detail": health.detail}
+        ok = engine_ok and all(e["ok"] for e in exporters.values())
+        body = {
+            "ready": ok,
+            "engine": {
+                "ok": engine_ok,
+                "host": self.discovery.engine.host,
+                "detail": "" if engine_ok else self.discovery.last_error,
+            },
+            "exporters": exporters,
+        }
+        return ok, body
