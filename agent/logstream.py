@@ -17,6 +17,7 @@ records out.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 from agent.record import ContainerMeta, Record
@@ -24,6 +25,7 @@ from agent.record import ContainerMeta, Record
 HEADER = 8
 PARTIAL_SIZE = 16 * 1024  # the engine's copier splits lines at this size
 _STREAMS = ("stdout", "stdout", "stderr")  # 0 = stdin never appears in logs; treat as stdout
+_stream_of = operator.attrgetter("stream")
 
 
 @dataclass
@@ -307,14 +309,15 @@ class LogDecoder:
 
 def advance(positions: dict[str, Position], records: list[Record]) -> None:
     """Moves each stream's position to the end of ``records`` (delivered in this order)."""
-    seen: set[str] = set()
-    for i in range(len(records) - 1, -1, -1):
-        rec = records[i]
-        stream = rec.stream
-        if stream is None or stream in seen:
+    streams = list(map(_stream_of, records))
+    streams.reverse()
+    last = len(records) - 1
+    for stream in ("stdout", "stderr"):
+        try:
+            i = last - streams.index(stream)  # the stream's last record (C speed)
+        except ValueError:
             continue
-        seen.add(stream)
-        ts = rec.timestamp
+        ts = records[i].timestamp
         count = 0
         j = i
         while j >= 0:
@@ -331,5 +334,3 @@ def advance(positions: dict[str, Position], records: list[Record]) -> None:
             if prev is not None and prev.timestamp == ts:
                 count += prev.count
         positions[stream] = Position(ts, count)
-        if len(seen) == 2:
-            break
