@@ -42,7 +42,7 @@ class ExporterConfig(Section):
 
     type: str = Field(description="Which exporter this is (file, …).")
     queue_records: int = Field(
-        8192,
+        4096,
         ge=1,
         description="Records the exporter's queue holds before `when_full` applies.",
     )
