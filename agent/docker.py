@@ -1,9 +1,10 @@
 """The one wrapper around aiodocker: every Engine API call the agent makes goes through here.
 
 aiodocker's log and stats helpers changed shape between versions, and its log iterator
-drops the stdout/stderr distinction and decodes frame by frame; so the streaming calls use
-its session for the raw HTTP response and leave the decoding to us. The aiodocker version
-is pinned in pyproject.toml.
+drops the stdout/stderr distinction and decodes frame by frame; so log streams are read as
+raw bytes and decoded by us: straight from the socket (``agent.httpstream``, a third of
+the event loop less than through aiohttp) unless the engine is reached over TLS. The
+aiodocker version is pinned in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiodocker
 import aiohttp
 import orjson
+
+from agent.httpstream import HttpStatusError, HttpStreamError, open_stream
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
@@ -69,6 +72,42 @@ def _client(host: str) -> aiodocker.Docker:
         url = "http://" + host.split("://", 1)[1]
         return aiodocker.Docker(url=url, connector=connector, session=session)
     return aiodocker.Docker(url=host)  # TLS and other schemes: aiodocker's own set-up
+
+
+def _plain_address(host: str) -> tuple[str, int] | str | None:
+    """Where to open a log stream without aiohttp: a unix socket's path, or a plain TCP
+    (host, port); None for TLS (``DOCKER_TLS_VERIFY``) and other schemes."""
+    if host.startswith("unix://"):
+        return host.removeprefix("unix://")
+    if host.startswith(("tcp://", "http://")) and os.environ.get("DOCKER_TLS_VERIFY") != "1":
+        hostport = host.split("://", 1)[1].split("/", 1)[0]
+        name, sep, port = hostport.rpartition(":")
+        if sep and port.isdigit():
+            return name.strip("[]"), int(port)
+        return hostport.strip("[]"), 2375
+    return None
+
+
+class LogStream:
+    """A container's log bytes as they come; ``read()`` returns b"" at the end. Transport
+    failures are ``EngineError``s."""
+
+    __slots__ = ("_read", "_what")
+
+    def __init__(self, read: Callable[[], Awaitable[bytes]], what: str) -> None:
+        self._read = read
+        self._what = what
+
+    async def read(self) -> bytes:
+        try:
+            return await self._read()
+        except (HttpStreamError, OSError, asyncio.IncompleteReadError) as exc:
+            raise EngineError(f"{self._what}: {exc}") from exc
+        except Exception as exc:
+            # aiohttp's payload errors when the engine goes away mid-stream.
+            if type(exc).__module__.startswith("aiohttp"):
+                raise EngineError(f"{self._what}: {exc}") from exc
+            raise
 
 
 class Engine:
@@ -125,20 +164,47 @@ class Engine:
     @contextlib.asynccontextmanager
     async def logs(
         self, container_id: str, since: str | None = None, follow: bool = True
-    ) -> AsyncIterator[aiohttp.StreamReader]:
+    ) -> AsyncIterator[LogStream]:
         """The raw logs stream of one container, with timestamps, both streams."""
         params = {"stdout": "1", "stderr": "1", "timestamps": "1", "follow": "1" if follow else "0"}
         if since:
             params["since"] = since
+        what = f"GET /containers/{container_id[:12]}/logs"
+        address = _plain_address(self.host)
+        if address is None:  # TLS and other schemes: through aiodocker's session
+            async with self._logs_aiohttp(container_id, params, what) as stream:
+                yield stream
+            return
+        try:
+            await self.docker._check_version()
+            path = f"/{self.docker.api_version}/containers/{container_id}/logs"
+            raw = await open_stream(address, path, params, limit=_READ_BUFSIZE)
+        except HttpStatusError as exc:
+            # 409 on logs: "dead or marked for removal", i.e. gone for our purposes.
+            cls = NotFound if exc.status in (404, 409) else EngineError
+            raise cls(f"{what}: {exc.status} {exc.message}", exc.status) from exc
+        except HttpStreamError as exc:
+            raise EngineError(f"{what}: {exc}") from exc
+        except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
+            raise _translate(exc, what) from exc
+        try:
+            yield LogStream(raw.read, what)
+        finally:
+            raw.close()
+
+    @contextlib.asynccontextmanager
+    async def _logs_aiohttp(
+        self, container_id: str, params: dict[str, str], what: str
+    ) -> AsyncIterator[LogStream]:
         try:
             cm = self.docker._query(
                 f"containers/{container_id}/logs", params=params, timeout=_STREAM_TIMEOUT
             )
             resp = await cm.__aenter__()
         except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
-            raise _translate(exc, f"GET /containers/{container_id[:12]}/logs") from exc
+            raise _translate(exc, what) from exc
         try:
-            yield resp.content
+            yield LogStream(resp.content.readany, what)
         finally:
             # Close rather than release: a followed stream never ends on its own.
             resp.close()

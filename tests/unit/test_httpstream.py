@@ -1,0 +1,131 @@
+"""The raw HTTP reader of log streams: chunked framing removed in bulk or piece by piece,
+bodies split anywhere by the network, errors as the engine gives them."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from agent.httpstream import HttpStatusError, HttpStreamError, dechunk, open_stream
+
+
+def chunked(*datas: bytes, end: bool = True) -> bytes:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(d), d) for d in datas)
+    return body + (b"0\r\n\r\n" if end else b"")
+
+
+def test_bulk_path_takes_whole_chunks_and_leaves_a_partial_one() -> None:
+    raw = chunked(b"one\n", b"two\n", end=False) + b"5\r\nthr"
+    datas, consumed, last = dechunk(raw)
+    assert datas == [b"one\n", b"two\n"] and not last
+    assert raw[consumed:] == b"5\r\nthr"
+
+
+@pytest.mark.parametrize(
+    "datas",
+    [
+        [b"tty line\r\n", b"another\r\n"],  # CRLF inside the data: the sequential path
+        [b"\r\n\r\n", b"x"],
+        [b"a" * 70000],
+    ],
+)
+def test_data_holding_crlf_is_still_cut_right(datas: list[bytes]) -> None:
+    raw = chunked(*datas)
+    got, consumed, last = dechunk(raw)
+    assert got == datas and last and consumed == len(raw)
+
+
+def test_last_chunk_ends_the_body() -> None:
+    got, consumed, last = dechunk(chunked(b"x\n") + b"garbage after")
+    assert got == [b"x\n"] and last and consumed == len(chunked(b"x\n"))
+
+
+def test_malformed_size_line_is_an_error() -> None:
+    with pytest.raises(HttpStreamError, match="chunk size"):
+        dechunk(b"zz\r\nabc\r\n")
+
+
+async def serve(tmp_path: Path, response: bytes, pieces: int = 1) -> tuple[str, asyncio.Server]:
+    """A unix-socket server answering every request with ``response``, written in
+    ``pieces`` random cuts (as a network may deliver it)."""
+    path = str(tmp_path / "engine.sock")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        cuts = sorted(random.sample(range(1, len(response)), pieces - 1)) if pieces > 1 else []
+        last = 0
+        for cut in [*cuts, len(response)]:
+            writer.write(response[last:cut])
+            await writer.drain()
+            await asyncio.sleep(0)
+            last = cut
+        writer.close()
+
+    server = await asyncio.start_unix_server(handle, path)
+    return path, server
+
+
+@pytest.mark.parametrize("pieces", [1, 7, 300])
+async def test_reads_a_chunked_body_however_it_is_cut(tmp_path: Path, pieces: int) -> None:
+    lines = [b"%d %s\n" % (i, b"x" * (i % 50)) for i in range(500)] + [b"tty\r\n", b"\r\n"]
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    path, server = await serve(tmp_path, head + chunked(*lines), pieces)
+    async with server:
+        stream = await open_stream(path, "/v1.41/containers/x/logs", {"follow": "1"})
+        got = b""
+        while more := await stream.read():
+            got += more
+        stream.close()
+    assert got == b"".join(lines)
+
+
+async def test_sized_and_close_delimited_bodies(tmp_path: Path) -> None:
+    for head, body in [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"hello"),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"until the end"),
+    ]:
+        path, server = await serve(tmp_path, head + body, 3)
+        async with server:
+            stream = await open_stream(path, "/x", {})
+            got = b""
+            while more := await stream.read():
+                got += more
+            stream.close()
+        assert got == body
+        (tmp_path / "engine.sock").unlink()
+
+
+async def test_a_body_cut_short_is_an_error(tmp_path: Path) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    path, server = await serve(tmp_path, head + chunked(b"first\n", end=False) + b"10\r\npart")
+    async with server:
+        stream = await open_stream(path, "/x", {})
+        assert await stream.read() == b"first\n"
+        with pytest.raises(HttpStreamError, match="middle of the response"):
+            await stream.read()
+        stream.close()
+
+
+async def test_an_error_status_carries_the_engines_message(tmp_path: Path) -> None:
+    body = b'{"message":"No such container: abc"}'
+    head = b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n" % len(body)
+    path, server = await serve(tmp_path, head + body)
+    async with server:
+        with pytest.raises(HttpStatusError) as info:
+            await open_stream(path, "/x", {})
+    assert info.value.status == 404 and info.value.message == "No such container: abc"
+
+
+async def test_no_engine_at_the_socket_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(HttpStreamError, match="connecting"):
+        await open_stream(str(tmp_path / "nothing.sock"), "/x", {})
+
+
+async def test_not_http_is_an_error(tmp_path: Path) -> None:
+    path, server = await serve(tmp_path, b"SSH-2.0-OpenSSH\r\n\r\n")
+    async with server:
+        with pytest.raises(HttpStreamError, match="not an HTTP"):
+            await open_stream(path, "/x", {})
