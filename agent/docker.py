@@ -89,16 +89,18 @@ def _plain_address(host: str) -> tuple[str, int] | str | None:
 
 
 class LogStream:
-    """A container's log bytes as they come; ``read()`` returns b"" at the end. Transport
-    failures are ``EngineError``s."""
+    """A container's log bytes as they come; ``read_parts()`` returns [] at the end.
+    Transport failures are ``EngineError``s."""
 
     __slots__ = ("_read", "_what")
 
-    def __init__(self, read: Callable[[], Awaitable[bytes]], what: str) -> None:
-        self._read = read
+    def __init__(self, read_parts: Callable[[], Awaitable[list[bytes]]], what: str) -> None:
+        self._read = read_parts
         self._what = what
 
-    async def read(self) -> bytes:
+    async def read_parts(self) -> list[bytes]:
+        """The next bytes, as the pieces they came in (one per message from the engine's
+        own HTTP chunks, when read from the socket)."""
         try:
             return await self._read()
         except (HttpStreamError, OSError, asyncio.IncompleteReadError) as exc:
@@ -188,7 +190,7 @@ class Engine:
         except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
             raise _translate(exc, what) from exc
         try:
-            yield LogStream(raw.read, what)
+            yield LogStream(raw.read_parts, what)
         finally:
             raw.close()
 
@@ -204,7 +206,12 @@ class Engine:
         except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
             raise _translate(exc, what) from exc
         try:
-            yield LogStream(resp.content.readany, what)
+
+            async def read_parts() -> list[bytes]:
+                data = await resp.content.readany()
+                return [data] if data else []
+
+            yield LogStream(read_parts, what)
         finally:
             # Close rather than release: a followed stream never ends on its own.
             resp.close()

@@ -167,6 +167,12 @@ class HttpStream:
     async def read(self) -> bytes:
         """The next part of the body (at least one byte), b"" at its end. Raises
         HttpStreamError when the connection ends in the middle of the body."""
+        parts = await self.read_parts()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_parts(self) -> list[bytes]:
+        """``read()`` as the pieces it came in: one per HTTP chunk of a chunked body (the
+        engine sends one log message per chunk); [] at the end."""
         while not self._done:
             if self._chunked:
                 if self._raw:
@@ -175,7 +181,7 @@ class HttpStream:
                     if last:
                         self._done = True
                     if datas:
-                        return datas[0] if len(datas) == 1 else b"".join(datas)
+                        return datas
                     if last:
                         break
             elif self._raw:
@@ -184,7 +190,7 @@ class HttpStream:
                     data = data[: self._left]
                     self._left -= len(data)
                     self._done = self._left <= 0
-                return data
+                return [data]
             elif self._left == 0:
                 break
             more = await self._conn.recv()
@@ -194,7 +200,7 @@ class HttpStream:
                 break  # a body delimited by the end of the connection
             self._raw = self._raw + more if self._raw else more
         self._done = True
-        return b""
+        return []
 
     def close(self) -> None:
         self._conn.close()

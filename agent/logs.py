@@ -91,21 +91,10 @@ class ApiLogSource(LogSource):
         async with self.engine.logs(
             reader.meta.id, since=timestamp_to_unix(since) if since else None, follow=follow
         ) as stream:
-            try:
-                while True:
-                    chunk = await stream.readany()
-                    if not chunk:
-                        break
-                    batch = decoder.feed(chunk)
-                    if batch:
-                        await emit(batch)
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                raise EngineError(f"log stream of {reader.meta.name}: {exc}") from exc
-            except Exception as exc:
-                # aiohttp's payload errors when the engine goes away mid-stream.
-                if type(exc).__module__.startswith("aiohttp"):
-                    raise EngineError(f"log stream of {reader.meta.name}: {exc}") from exc
-                raise
+            while parts := await stream.read_parts():
+                batch = decoder.feed_parts(parts)
+                if batch:
+                    await emit(batch)
         return decoder
 
 

@@ -140,8 +140,8 @@ class _FakeStream:
     def __init__(self, data: bytes) -> None:
         self.chunks = [data[i : i + 1000] for i in range(0, len(data), 1000)]
 
-    async def readany(self) -> bytes:
-        return self.chunks.pop(0) if self.chunks else b""
+    async def read_parts(self) -> list[bytes]:
+        return [self.chunks.pop(0)] if self.chunks else []
 
 
 class _FakeEngine:
@@ -192,3 +192,79 @@ async def test_api_source_rereads_when_the_followed_stream_ends_early() -> None:
     assert end is StreamEnd.STOPPED
     assert [r.message for r in got] == [f"line {i}" for i in range(200)]
     assert engine.calls[1][1] is False and engine.calls[1][0] is not None
+
+
+def _stamp(i: int) -> bytes:
+    return b"2026-11-28T10:21:02.%09dZ" % i
+
+
+def _frames_alike(parts: list[bytes], resume: dict[str, Position] | None = None) -> None:
+    """feed_parts (bulk when it can) and feed (per frame) give the same records."""
+    bulk = LogDecoder(meta(), 1000, resume=resume)
+    bulk.tty = False
+    each = LogDecoder(meta(), 1000, resume=resume)
+    each.tty = False
+    got = bulk.feed_parts(parts) + bulk.finish()
+    want = each.feed(b"".join(parts)) + each.finish()
+    assert [r.json() for r in got] == [r.json() for r in want]
+    assert (bulk.skipped, bulk.truncated, bulk.malformed) == (
+        each.skipped,
+        each.truncated,
+        each.malformed,
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "plain",
+        "stderr",
+        "invalid utf-8",
+        "too long",
+        "partial",
+        "stdin",
+        "short stamp",
+        "no space",
+        "empty frame",
+        "two in one",
+        "resume",
+    ],
+)
+def test_bulk_frames_decode_like_the_per_frame_path(case: str) -> None:
+    lines = [frame(1 + i % 2, _stamp(i) + b" line %d\n" % i) for i in range(20)]
+    resume = None
+    if case == "stderr":
+        lines = [frame(2, _stamp(i) + b" err %d\n" % i) for i in range(20)]
+    elif case == "invalid utf-8":
+        lines[3] = frame(1, _stamp(3) + b" bad \xff\xfe \xe2\x82\n")
+        lines[4] = frame(1, _stamp(4) + b" split \xe2\x82\xac ok\n")
+    elif case == "too long":
+        lines[5] = frame(1, _stamp(5) + b" " + b"x" * 1500 + b"\n")
+    elif case == "partial":
+        lines[7] = frame(1, _stamp(7) + b" no newline yet")
+    elif case == "stdin":
+        lines[2] = frame(0, _stamp(2) + b" from stdin\n")
+    elif case == "short stamp":
+        lines = [frame(1, b"2026-11-28T10:21:02.1Z line %d\n" % i) for i in range(20)]
+    elif case == "no space":
+        lines[9] = frame(1, _stamp(9) + b"\n")
+    elif case == "empty frame":
+        lines[1] = frame(1, b"")
+    elif case == "two in one":
+        lines[6] = lines[6] + lines[7]
+        del lines[7]
+    elif case == "resume":
+        resume = {"stdout": Position(_stamp(4).decode(), 1)}
+    _frames_alike(lines, resume)
+
+
+def test_bulk_frames_are_taken_when_every_frame_is_plain() -> None:
+    dec = LogDecoder(meta(), 1000)
+    dec.tty = False
+    parts = [frame(1, _stamp(i) + b" line %d\n" % i) for i in range(20)]
+    called = []
+    original = dec._bulk_frames
+    dec._bulk_frames = lambda p: called.append(len(p)) or original(p)  # type: ignore[method-assign]
+    records = dec.feed_parts(parts)
+    assert called == [20] and [r.message for r in records] == [f"line {i}" for i in range(20)]
+    assert records[0].timestamp == _stamp(0).decode() and records[0].stream == "stdout"
