@@ -5,6 +5,8 @@ stdout and stderr at the same time; ``GET /logs?timestamps=1`` without follow); 
 part needs no engine:
 
 * agent: ``agent.logstream.LogDecoder.feed()`` over 64 KiB chunks, giving Records;
+* agent, bulk: ``LogDecoder.feed_parts()`` over lists of whole frames, 200 at a time, as
+  the socket reader hands them on (the engine sends one frame per HTTP chunk);
 * aiodocker: its own demultiplexing, ``MultiplexedResult.fetch`` (readexactly the 8-byte
   header, readexactly the payload) and ``_DecodeHelper`` (incremental UTF-8 decode), run
   on an aiohttp ``StreamReader`` holding the same bytes, giving one string per frame; and
@@ -104,6 +106,28 @@ def agent_decode(chunks: list[bytes]) -> tuple[float, int]:
     t = time.perf_counter()
     for chunk in chunks:
         n += len(decoder.feed(chunk))
+    n += len(decoder.finish())
+    return time.perf_counter() - t, n
+
+
+def frame_groups(data: bytes, per: int = 200) -> list[list[bytes]]:
+    """``data`` cut into its frames, ``per`` frames to a list (outside the clock)."""
+    frames = []
+    pos = 0
+    while pos + 8 <= len(data):
+        end = pos + 8 + int.from_bytes(data[pos + 4 : pos + 8], "big")
+        frames.append(data[pos:end])
+        pos = end
+    return [frames[i : i + per] for i in range(0, len(frames), per)]
+
+
+def agent_bulk_decode(groups: list[list[bytes]]) -> tuple[float, int]:
+    decoder = LogDecoder(_meta(), 1 << 20)
+    decoder.tty = False  # told from the first bytes, as a stream's first read does
+    n = 0
+    t = time.perf_counter()
+    for parts in groups:
+        n += len(decoder.feed_parts(parts))
     n += len(decoder.finish())
     return time.perf_counter() - t, n
 
@@ -210,8 +234,11 @@ async def run(args: argparse.Namespace, engine: BenchEngine | None) -> dict[str,
         data = await record_payload(engine, args.demux_lines)
         _save(args.demux_payload, data)
     chunks = chunks_of(data)
+    groups = frame_groups(data)
     await _same_lines(chunks)
     _, lines = agent_decode(chunks)
+    _, bulk_lines = agent_bulk_decode(groups)
+    assert bulk_lines == lines, (bulk_lines, lines)
     reps = args.demux_reps
     log(f"demux: {lines:,} lines, {len(data):,} bytes; {reps} repetitions each")
     for attempt in range(args.retries + 1):
@@ -221,6 +248,7 @@ async def run(args: argparse.Namespace, engine: BenchEngine | None) -> dict[str,
         meter = CpuMeter().start()
         t0 = time.perf_counter()
         agent_us = await _timed(lambda: agent_decode(chunks), reps)
+        bulk_us = await _timed(lambda: agent_bulk_decode(groups), reps)
         raw_us = await _timed(lambda: aiodocker_decode(chunks, split=False), reps)
         split_us = await _timed(lambda: aiodocker_decode(chunks, split=True), reps)
         wall = time.perf_counter() - t0
@@ -237,9 +265,15 @@ async def run(args: argparse.Namespace, engine: BenchEngine | None) -> dict[str,
     result = {
         "params": {"lines": lines, "bytes": len(data), "chunk": CHUNK, "reps": reps},
         "agent_us_per_line": median(agent_us),
+        "agent_bulk_us_per_line": median(bulk_us),
         "aiodocker_us_per_line": median(raw_us),
         "aiodocker_split_us_per_line": median(split_us),
-        "all": {"agent": agent_us, "aiodocker": raw_us, "aiodocker_split": split_us},
+        "all": {
+            "agent": agent_us,
+            "agent_bulk": bulk_us,
+            "aiodocker": raw_us,
+            "aiodocker_split": split_us,
+        },
         # One busy core is 100 / nproc: more means something else ran meanwhile.
         "machine_busy_pct": busy,
         "others_cpu_s": others.cpu_s,
@@ -263,6 +297,11 @@ def report(result: dict[str, Any]) -> str:
                 ["decoder", "µs/line", "output"],
                 [
                     ["agent LogDecoder.feed", result["agent_us_per_line"], "Records"],
+                    [
+                        "agent LogDecoder.feed_parts",
+                        result.get("agent_bulk_us_per_line"),
+                        "Records (whole frames)",
+                    ],
                     ["aiodocker fetch+decode", result["aiodocker_us_per_line"], "'ts msg\\n' str"],
                     [
                         "aiodocker + split",
