@@ -51,8 +51,9 @@ def _translate(exc: BaseException, what: str) -> EngineError:
     return EngineError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-# aiohttp's default 64 KiB read buffer pauses and resumes the socket on nearly every
-# chunk of a busy log stream (profiled: ~8 % of the loop); 1 MiB means fewer, larger reads.
+# How much of a log stream may wait unread before the socket stops being read (the engine
+# then waits): for the socket reader and for aiohttp (TLS engines), whose default 64 KiB
+# paused and resumed the socket on nearly every chunk of a busy stream (~8 % of the loop).
 _READ_BUFSIZE = 1 << 20
 
 
