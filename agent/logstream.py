@@ -29,7 +29,6 @@ _STREAMS = ("stdout", "stdout", "stderr")  # 0 = stdin never appears in logs; tr
 _stream_of = operator.attrgetter("stream")
 # Bulk decoding of whole frames (see LogDecoder._bulk_frames).
 _BULK_MIN = 8
-_HEADER = HEADER
 _SIZE_FIELD = operator.itemgetter(slice(4, 8))
 _PAYLOAD = operator.itemgetter(slice(8, None))
 _FIRST = operator.itemgetter(0)
@@ -205,7 +204,7 @@ class LogDecoder:
         each, since each ends in an ASCII newline."""
         n = len(frames)
         sizes = list(map(int.from_bytes, map(_SIZE_FIELD, frames)))
-        if list(map(len, frames)) != list(map(_HEADER.__add__, sizes)):
+        if list(map(len, frames)) != list(map(HEADER.__add__, sizes)):
             return None
         if max(sizes) > self.max_bytes + _STAMP_AND_NEWLINE:
             return None
