@@ -1010,9 +1010,7 @@ class _Tail:
         await emit(records)
         if clean:
             positions = self.reader.followers.positions.get(self.cid, {})
-            self.reader.followers.marks[self.cid] = FileMark(
-                f.ino, f.offset, records[-1].timestamp, dict(positions), f.tail
-            )
+            self.reader.followers.marks[self.cid] = FileMark.after(records[-1], positions, f.tail)
 
     async def _seek(self, mark: FileMark) -> bool:
         """Starts reading at ``mark`` when its file is still here, at least that long, and

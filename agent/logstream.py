@@ -107,6 +107,14 @@ class FileMark:
         return out
 
     @classmethod
+    def after(cls, record: Record, positions: dict[str, Position], tail: bytes = b"") -> FileMark:
+        """The mark ``record`` carries (see ``Record.mark``), with the stream positions once
+        it is delivered."""
+        assert record.mark is not None
+        inode, offset = record.mark
+        return cls(inode, offset, record.timestamp, dict(positions), tail)
+
+    @classmethod
     def from_dict(cls, doc: object) -> FileMark:
         """Raises ValueError when ``doc`` is not a mark's ``to_dict``."""
         if not isinstance(doc, dict):

@@ -163,8 +163,7 @@ class ExporterRunner:
                 positions = self.acked[cid] = {}
             advance(positions, records)
             if last.mark is not None:
-                ino, offset = last.mark
-                self.marks[cid] = FileMark(ino, offset, last.timestamp, dict(positions))
+                self.marks[cid] = FileMark.after(last, positions)
 
     async def _send(self, batch: list[Record]) -> None:
         """Sends until the exporter accepts the batch, backing off between failures."""

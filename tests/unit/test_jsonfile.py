@@ -473,6 +473,21 @@ def checkpointed(run: Run) -> FileMark:
     return FileMark(m.inode, m.offset, m.timestamp, dict(m.streams))
 
 
+async def restarted(
+    root: Path, engine: FakeEngine, writer: Writer, positions: dict[str, Position], mark: FileMark
+) -> Run:
+    """A new agent process (no in-memory state) reading from a checkpoint, until 5 lines
+    came and the container stopped again."""
+    engine.running = True
+    run = Run(source_for(root, engine))
+    run.reader.followers.positions[CID] = dict(positions)
+    run.reader.followers.marks[CID] = mark
+    run.start()
+    await run.until(5)
+    await stop(run, engine, writer)
+    return run
+
+
 async def test_resumes_from_a_checkpointed_file_position(tmp_path: Path) -> None:
     """After an agent restart the checkpoint's (inode, offset) is where reading starts:
     no search and nothing read twice, even when lines on both sides of the mark share one
@@ -492,13 +507,7 @@ async def test_resumes_from_a_checkpointed_file_position(tmp_path: Path) -> None
     writer.write(4)  # delivered after the mark, in a batch that ended mid-line
     delivered = {"stdout": Position(mark.timestamp, 10)}
     writer.write(5)  # never delivered
-    engine.running = True
-    again = Run(source_for(tmp_path, engine))  # a new process: no in-memory state
-    again.reader.followers.positions[CID] = dict(delivered)
-    again.reader.followers.marks[CID] = mark
-    again.start()
-    await again.until(5)
-    await stop(again, engine, writer)
+    again = await restarted(tmp_path, engine, writer, delivered, mark)
     assert again.messages() == [f"line {i}" for i in range(10, 15)]
     assert again.reader.decoder.skipped == 4  # only the 4 after the mark were read again
 
@@ -522,13 +531,7 @@ async def test_an_untrustworthy_mark_falls_back_to_the_timestamps(
         mark.offset -= 3
     writer.reopen()
     writer.write(5)
-    engine.running = True
-    again = Run(source_for(tmp_path, engine))
-    again.reader.followers.positions[CID] = dict(run.reader.followers.positions[CID])
-    again.reader.followers.marks[CID] = mark
-    again.start()
-    await again.until(5)
-    await stop(again, engine, writer)
+    again = await restarted(tmp_path, engine, writer, run.reader.followers.positions[CID], mark)
     assert again.messages() == [f"line {i}" for i in range(10, 15)]
     assert again.reader.decoder.skipped > 0  # found by the stamps instead
 
