@@ -16,6 +16,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 ENV PATH="/opt/venv/bin:${PATH}"
 
+# A C compiler for the optional extension agent/_speedups.c (the logs-API read path's
+# per-line loops); build stage only, the runtime image gets the compiled module.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /src
 # The build context is filtered by .dockerignore (no .venv, .git, tests, ...).
 COPY . .

@@ -8,7 +8,8 @@ export CA_ENGINE_DIR := $(ENGINE_DIR)
 
 .PHONY: run test unit integration bench lint docs engine engine-stop tools clean
 
-$(BIN)/container-agent: pyproject.toml
+# setup.py and the C file: the optional extension agent/_speedups.c is built in place.
+$(BIN)/container-agent: pyproject.toml setup.py agent/_speedups.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -5,9 +5,10 @@ log line arrives as its own HTTP chunk (``<size>\\r\\n<frame>\\r\\n``). aiohttp 
 chunk to a Python ``StreamReader.feed_data`` call and joins them again on read: profiled,
 that was a third of the agent's event loop when reading logs through the API. Here the
 socket's bytes are taken as they come (one ``data_received`` per receive, ~30 KiB when
-busy, not per chunk) and the chunked framing is removed for everything received at once,
-with C-level ``split``, ``map`` and ``join``; data that itself holds ``\\r\\n`` (a TTY's
-lines) takes a sequential parser. Only ``GET`` and the responses the engine gives
+busy, not per chunk) and the chunked framing is removed for everything received at once:
+in C when the extension is built (``agent/_speedups.c``), else with C-level ``split``,
+``map`` and ``join``; data that itself holds ``\\r\\n`` (a TTY's lines) and the last
+chunk take a sequential parser. Only ``GET`` and the responses the engine gives
 (chunked, sized or closed at the end) are handled: it is not a general HTTP client.
 
 Reading the socket only when the reader asks (``loop.sock_recv``) was measured too: fewer
@@ -23,6 +24,8 @@ import threading
 from urllib.parse import urlencode
 
 import orjson
+
+from agent.speedups import speedups
 
 _CRLF = b"\r\n"
 _HEAD_LIMIT = 64 << 10  # response headers larger than this are not the engine's
@@ -127,6 +130,17 @@ class _Receiver(asyncio.BufferedProtocol):
 def dechunk(raw: bytes) -> tuple[list[bytes], int, bool]:
     """(the data of the complete chunks at the start of ``raw``, bytes consumed, whether the
     last chunk was seen). Raises HttpStreamError on a malformed size line."""
+    if speedups is None:
+        return _dechunk_py(raw)
+    datas, consumed, unusual = speedups.dechunk(raw)  # the plain chunks, in C
+    if not unusual:
+        return datas, consumed, False
+    more, used, last = _dechunk_each(raw[consumed:])
+    return datas + more, consumed + used, last
+
+
+def _dechunk_py(raw: bytes) -> tuple[list[bytes], int, bool]:
+    """``dechunk`` without the extension: split at every CRLF and check the sizes in bulk."""
     pieces = raw.split(_CRLF)
     complete = pieces[:-1]  # each was followed by CRLF
     if len(complete) % 2:

@@ -84,6 +84,7 @@ async def test_run_with_defaults_then_sigterm_drains_and_exits_0(
         assert first["engine"] == engine_host
         assert first["engine_version"] and first["api_version"]
         assert first["containers"] == 0
+        assert first["speedups"] == "c"  # make builds the extension; the machines have gcc
         out = tmp_path / "var" / "records.ndjson"
         assert first["exporters"] == {
             "records": f"file:{out}",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import httpstream
 from agent.httpstream import HttpStatusError, HttpStreamError, dechunk, open_stream
 
 
@@ -17,7 +18,7 @@ def chunked(*datas: bytes, end: bool = True) -> bytes:
     return body + (b"0\r\n\r\n" if end else b"")
 
 
-def test_bulk_path_takes_whole_chunks_and_leaves_a_partial_one() -> None:
+def test_bulk_path_takes_whole_chunks_and_leaves_a_partial_one(impl: str) -> None:
     raw = chunked(b"one\n", b"two\n", end=False) + b"5\r\nthr"
     datas, consumed, last = dechunk(raw)
     assert datas == [b"one\n", b"two\n"] and not last
@@ -32,20 +33,57 @@ def test_bulk_path_takes_whole_chunks_and_leaves_a_partial_one() -> None:
         [b"a" * 70000],
     ],
 )
-def test_data_holding_crlf_is_still_cut_right(datas: list[bytes]) -> None:
+def test_data_holding_crlf_is_still_cut_right(datas: list[bytes], impl: str) -> None:
     raw = chunked(*datas)
     got, consumed, last = dechunk(raw)
     assert got == datas and last and consumed == len(raw)
 
 
-def test_last_chunk_ends_the_body() -> None:
+def test_last_chunk_ends_the_body(impl: str) -> None:
     got, consumed, last = dechunk(chunked(b"x\n") + b"garbage after")
     assert got == [b"x\n"] and last and consumed == len(chunked(b"x\n"))
 
 
-def test_malformed_size_line_is_an_error() -> None:
+def test_malformed_size_line_is_an_error(impl: str) -> None:
     with pytest.raises(HttpStreamError, match="chunk size"):
         dechunk(b"zz\r\nabc\r\n")
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_dechunk_fuzzed_against_the_sequential_parser(seed: int, impl: str) -> None:
+    """Any mix of plain chunks, chunks holding CRLF, extensions, odd sizes and the last
+    chunk, cut anywhere: the same datas as one chunk at a time, or the same error."""
+    rng = random.Random(seed)
+    datas = [
+        rng.choice([b"line\n", b"a\r\nb", b"\r\n", rng.randbytes(rng.randrange(1, 300))])
+        for _ in range(rng.randrange(1, 40))
+    ]
+    pieces = [b"%x\r\n%s\r\n" % (len(d), d) for d in datas]
+    for _ in range(rng.randrange(3)):
+        at = rng.randrange(len(pieces))
+        d = datas[at]
+        pieces[at] = rng.choice(
+            [
+                b"%X\r\n%s\r\n" % (len(d), d),
+                b"%x;ext=1\r\n%s\r\n" % (len(d), d),
+                b"%x \r\n%s\r\n" % (len(d), d),
+                b"0%x\r\n%s\r\n" % (len(d), d),
+            ]
+        )
+    raw = b"".join(pieces) + rng.choice([b"0\r\n\r\n", b"", b"1f\r\nabc", b"zz\r\n"])
+    cut = rng.randrange(len(raw) + 1)
+    for data in (raw, raw[:cut]):
+        try:
+            want = _dechunk_each_all(data)
+        except HttpStreamError:
+            with pytest.raises(HttpStreamError):
+                dechunk(data)
+            continue
+        assert dechunk(data) == want
+
+
+def _dechunk_each_all(raw: bytes) -> tuple[list[bytes], int, bool]:
+    return httpstream._dechunk_each(raw)
 
 
 async def serve(tmp_path: Path, response: bytes, pieces: int = 1) -> tuple[str, asyncio.Server]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 
 from agent.logstream import LogDecoder, Position, advance
-from agent.record import ContainerMeta
+from agent.record import ContainerMeta, Record
 
 DATA = Path(__file__).parent / "data"
 TS = "2026-11-28T10:11:45.589604852Z"
@@ -198,6 +199,13 @@ def _stamp(i: int) -> bytes:
     return b"2026-11-28T10:21:02.%09dZ" % i
 
 
+def slots(record: Record) -> dict[str, object]:
+    """Every attribute of a record, so that records built in C are checked whole."""
+    out = {name: getattr(record, name) for name in Record.__slots__}
+    out["meta"] = record.meta.fragment  # each decoder here has its own, equal, metadata
+    return out
+
+
 def _frames_alike(parts: list[bytes], resume: dict[str, Position] | None = None) -> None:
     """feed_parts (bulk when it can) and feed (per frame) give the same records."""
     bulk = LogDecoder(meta(), 1000, resume=resume)
@@ -207,6 +215,7 @@ def _frames_alike(parts: list[bytes], resume: dict[str, Position] | None = None)
     got = bulk.feed_parts(parts) + bulk.finish()
     want = each.feed(b"".join(parts)) + each.finish()
     assert [r.json() for r in got] == [r.json() for r in want]
+    assert list(map(slots, got)) == list(map(slots, want))
     assert (bulk.skipped, bulk.truncated, bulk.malformed) == (
         each.skipped,
         each.truncated,
@@ -230,7 +239,7 @@ def _frames_alike(parts: list[bytes], resume: dict[str, Position] | None = None)
         "resume",
     ],
 )
-def test_bulk_frames_decode_like_the_per_frame_path(case: str) -> None:
+def test_bulk_frames_decode_like_the_per_frame_path(case: str, impl: str) -> None:
     lines = [frame(1 + i % 2, _stamp(i) + b" line %d\n" % i) for i in range(20)]
     resume = None
     if case == "stderr":
@@ -258,7 +267,7 @@ def test_bulk_frames_decode_like_the_per_frame_path(case: str) -> None:
     _frames_alike(lines, resume)
 
 
-def test_bulk_frames_are_taken_when_every_frame_is_plain() -> None:
+def test_bulk_frames_are_taken_when_every_frame_is_plain(impl: str) -> None:
     dec = LogDecoder(meta(), 1000)
     dec.tty = False
     parts = [frame(1, _stamp(i) + b" line %d\n" % i) for i in range(20)]
@@ -268,3 +277,44 @@ def test_bulk_frames_are_taken_when_every_frame_is_plain() -> None:
     records = dec.feed_parts(parts)
     assert called == [20] and [r.message for r in records] == [f"line {i}" for i in range(20)]
     assert records[0].timestamp == _stamp(0).decode() and records[0].stream == "stdout"
+
+
+def _mutated(rng: random.Random, i: int) -> bytes:
+    """One frame, plain or bent in one of the ways a bulk decoder must notice."""
+    payload = _stamp(i) + b" line %d " % i + rng.randbytes(rng.randrange(0, 40)) + b"\n"
+    stream = 1 + i % 2
+    kind = rng.randrange(14)
+    if kind == 0:
+        payload = payload[:-1]  # a partial line
+    elif kind == 1:
+        stream = rng.choice([0, 3, 255])
+    elif kind == 2:
+        at = rng.randrange(31)
+        payload = payload[:at] + bytes([rng.randrange(256)]) + payload[at + 1 :]
+    elif kind == 3:
+        payload = payload[:40] + b"\n" + payload[40:]
+    elif kind == 4:
+        payload = _stamp(i) + b" " + b"y" * rng.choice([998, 999, 1000, 1001]) + b"\n"
+    elif kind == 5:
+        payload = payload[: rng.randrange(33)]
+    data = frame(stream, payload)
+    if kind == 6:  # a size field that does not match
+        data = data[:7] + bytes([(data[7] + rng.choice([1, 255])) % 256]) + data[8:]
+    elif kind == 7:
+        data = data[:1] + b"\x01" + data[2:]
+    return data
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bulk_frames_fuzzed_like_the_per_frame_path(seed: int, impl: str) -> None:
+    rng = random.Random(seed)
+    parts = [
+        _mutated(rng, i) if rng.random() < 0.1 else frame(1, _stamp(i) + b" ok\n")
+        for i in range(rng.randrange(8, 60))
+    ]
+    _frames_alike(parts)
+    # And split anywhere, as the network may cut them.
+    joined = b"".join(parts)
+    cuts = sorted(rng.sample(range(1, len(joined)), 10))
+    pieces = [joined[a:b] for a, b in zip([0, *cuts], [*cuts, len(joined)], strict=True)]
+    _frames_alike(pieces)

@@ -1,0 +1,48 @@
+"""The optional C extension (agent/_speedups.c), set up for this process, or None.
+
+The extension mirrors two per-line loops of the logs-API read path; the Python versions
+stay next to their callers and are used when the extension was not built (no compiler at
+install time) or when ``CONTAINER_AGENT_PURE_PYTHON=1`` asks for them (benchmarks compare
+both; the unit tests run both).
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from agent.record import Record
+
+PURE_ENV = "CONTAINER_AGENT_PURE_PYTHON"
+_STREAMS = ("stdout", "stdout", "stderr")  # header byte 0 (stdin) never appears in logs
+
+# What a log record built in C holds besides its timestamp, meta, stream and message:
+# what Record.__init__ leaves for a log line. setup() refuses a Record slot missing here.
+_LOG_DEFAULTS = {
+    "kind": "log",
+    "truncated": False,
+    "action": None,
+    "attributes": None,
+    "stats": None,
+    "_json": None,
+    "mark": None,
+}
+
+
+def _load_extension() -> ModuleType | None:
+    """The extension, set up; None when it was not built."""
+    try:
+        from agent import _speedups  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    _speedups.setup(Record, _LOG_DEFAULTS, _STREAMS)
+    return _speedups
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return None
+    return _load_extension()
+
+
+speedups: ModuleType | None = _load()
