@@ -25,6 +25,8 @@
 
 static PyTypeObject *record_type = NULL;
 static Py_ssize_t off_timestamp = -1, off_meta = -1, off_stream = -1, off_message = -1;
+static Py_ssize_t off_kind = -1, off_truncated = -1, off_json = -1; /* read by encode */
+static PyObject *str_log = NULL, *str_log_prefixes = NULL, *str_json = NULL;
 static Py_ssize_t default_offsets[MAX_SLOTS];
 static PyObject *default_values[MAX_SLOTS];
 static int n_defaults = 0;
@@ -65,6 +67,7 @@ clear_setup(void)
         Py_CLEAR(stream_names[i]);
     }
     off_timestamp = off_meta = off_stream = off_message = -1;
+    off_kind = off_truncated = off_json = -1;
 }
 
 PyDoc_STRVAR(setup_doc,
@@ -133,6 +136,15 @@ setup(PyObject *self, PyObject *args)
                 PyErr_SetString(PyExc_ValueError, "too many record slots");
                 goto fail;
             }
+            if (strcmp(s, "kind") == 0) {
+                off_kind = offset;
+            }
+            else if (strcmp(s, "truncated") == 0) {
+                off_truncated = offset;
+            }
+            else if (strcmp(s, "_json") == 0) {
+                off_json = offset;
+            }
             Py_INCREF(value);
             default_values[n_defaults] = value;
             default_offsets[n_defaults] = offset;
@@ -140,9 +152,12 @@ setup(PyObject *self, PyObject *args)
         }
     }
     Py_DECREF(seq);
-    if (off_timestamp < 0 || off_meta < 0 || off_stream < 0 || off_message < 0) {
+    if (off_timestamp < 0 || off_meta < 0 || off_stream < 0 || off_message < 0 ||
+        off_kind < 0 || off_truncated < 0 || off_json < 0) {
         clear_setup();
-        PyErr_SetString(PyExc_TypeError, "the record type lacks timestamp, meta, stream or message");
+        PyErr_SetString(PyExc_TypeError,
+                        "the record type lacks one of timestamp, meta, stream, message, "
+                        "kind, truncated, _json");
         return NULL;
     }
     Py_INCREF(type);
@@ -342,12 +357,232 @@ dechunk(PyObject *self, PyObject *arg)
     return Py_BuildValue("(NnO)", out, pos, unusual ? Py_True : Py_False);
 }
 
+/* -- NDJSON ---------------------------------------------------------------------------- */
+
+/* What orjson writes for the bytes below 0x20 and for '"' and '\\' (lowercase \u00xx,
+ * the short forms where JSON has them); every other byte is copied as it is. */
+static const char *escapes[128];
+static char escape_store[32][7];
+
+static void
+init_escapes(void)
+{
+    for (int c = 0; c < 32; c++) {
+        snprintf(escape_store[c], sizeof escape_store[c], "\\u%04x", c);
+        escapes[c] = escape_store[c];
+    }
+    escapes['\b'] = "\\b";
+    escapes['\t'] = "\\t";
+    escapes['\n'] = "\\n";
+    escapes['\f'] = "\\f";
+    escapes['\r'] = "\\r";
+    escapes['"'] = "\\\"";
+    escapes['\\'] = "\\\\";
+}
+
+typedef struct {
+    PyObject *bytes; /* a bytes object grown in place; trimmed at the end */
+    Py_ssize_t len;
+} Out;
+
+static int
+out_reserve(Out *o, Py_ssize_t more)
+{
+    Py_ssize_t cap = PyBytes_GET_SIZE(o->bytes);
+    if (o->len + more <= cap) {
+        return 0;
+    }
+    Py_ssize_t want = cap * 2;
+    if (want < o->len + more) {
+        want = o->len + more;
+    }
+    return _PyBytes_Resize(&o->bytes, want);
+}
+
+static inline void
+out_put(Out *o, const char *p, Py_ssize_t n)
+{
+    memcpy(PyBytes_AS_STRING(o->bytes) + o->len, p, n);
+    o->len += n;
+}
+
+/* Appends ``n`` bytes of UTF-8 as the inside of a JSON string. */
+static int
+out_escaped(Out *o, const unsigned char *p, Py_ssize_t n)
+{
+    if (out_reserve(o, n * 6) < 0) {
+        return -1;
+    }
+    char *w = PyBytes_AS_STRING(o->bytes) + o->len;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c < 0x80 && escapes[c] != NULL) {
+            const char *e = escapes[c];
+            while (*e) {
+                *w++ = *e++;
+            }
+        }
+        else {
+            *w++ = (char)c;
+        }
+    }
+    o->len = w - PyBytes_AS_STRING(o->bytes);
+    return 0;
+}
+
+/* The record's JSON the Python way (Record.json(), cached on the record), then "\n". */
+static int
+out_json_method(Out *o, PyObject *r)
+{
+    PyObject *data = PyObject_CallMethodNoArgs(r, str_json);
+    if (data == NULL) {
+        return -1;
+    }
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "Record.json() did not return bytes");
+        Py_DECREF(data);
+        return -1;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (out_reserve(o, n + 1) < 0) {
+        Py_DECREF(data);
+        return -1;
+    }
+    out_put(o, PyBytes_AS_STRING(data), n);
+    out_put(o, "\n", 1);
+    Py_DECREF(data);
+    return 0;
+}
+
+PyDoc_STRVAR(encode_ndjson_doc,
+"encode_ndjson(records) -> bytes\n\n"
+"agent.record.encode_ndjson: each record's JSON and a newline, the same bytes. A plain\n"
+"log line (not truncated, not a JSON object, its container's prefix for its stream\n"
+"already built) is written here from its prefix, stamp and escaped message, without a\n"
+"bytes object of its own; any other record through Record.json().");
+
+static PyObject *
+encode_ndjson(PyObject *self, PyObject *arg)
+{
+    if (record_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(arg, "encode_ndjson() takes a sequence of records");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Out o = {PyBytes_FromStringAndSize(NULL, n * 256 + 64), 0};
+    if (o.bytes == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    PyObject *last_meta = NULL, *last_stream = NULL, *prefix = NULL; /* borrowed */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PySequence_Fast_GET_ITEM(seq, i);
+        if (Py_TYPE(r) != record_type) {
+            goto general;
+        }
+        PyObject *cached = SLOT(r, off_json);
+        if (cached != NULL && PyBytes_Check(cached)) {
+            Py_ssize_t len = PyBytes_GET_SIZE(cached);
+            if (out_reserve(&o, len + 1) < 0) {
+                goto fail;
+            }
+            out_put(&o, PyBytes_AS_STRING(cached), len);
+            out_put(&o, "\n", 1);
+            continue;
+        }
+        PyObject *kind = SLOT(r, off_kind), *ts = SLOT(r, off_timestamp);
+        PyObject *meta = SLOT(r, off_meta), *stream = SLOT(r, off_stream);
+        PyObject *message = SLOT(r, off_message);
+        if (kind == NULL || ts == NULL || meta == NULL || stream == NULL || message == NULL ||
+            SLOT(r, off_truncated) != Py_False || !PyUnicode_CheckExact(message) ||
+            !PyUnicode_CheckExact(ts) || !PyUnicode_IS_ASCII(ts) ||
+            !PyUnicode_CheckExact(stream)) {
+            goto general;
+        }
+        if (kind != str_log && (!PyUnicode_Check(kind) || PyUnicode_Compare(kind, str_log) != 0)) {
+            goto general;
+        }
+        Py_ssize_t mlen = PyUnicode_GET_LENGTH(message);
+        if (mlen > 0 && PyUnicode_READ_CHAR(message, 0) == '{' &&
+            PyUnicode_READ_CHAR(message, mlen - 1) == '}') {
+            goto general; /* maybe a JSON object: its fields, the Python way */
+        }
+        if (meta != last_meta || stream != last_stream) {
+            PyObject *prefixes = PyObject_GetAttr(meta, str_log_prefixes);
+            if (prefixes == NULL) {
+                goto fail;
+            }
+            prefix = PyDict_Check(prefixes) ? PyDict_GetItemWithError(prefixes, stream) : NULL;
+            Py_DECREF(prefixes); /* the metadata keeps the dict, and the dict the prefix */
+            if (prefix == NULL && PyErr_Occurred()) {
+                goto fail;
+            }
+            if (prefix == NULL || !PyBytes_Check(prefix)) {
+                last_meta = last_stream = NULL;
+                goto general; /* Record.json() builds it; the next line finds it */
+            }
+            last_meta = meta;
+            last_stream = stream;
+        }
+        Py_ssize_t plen = PyBytes_GET_SIZE(prefix), tlen = PyUnicode_GET_LENGTH(ts);
+        if (out_reserve(&o, plen + tlen + 16) < 0) {
+            goto fail;
+        }
+        out_put(&o, PyBytes_AS_STRING(prefix), plen);
+        out_put(&o, (const char *)PyUnicode_1BYTE_DATA(ts), tlen);
+        out_put(&o, "\",\"message\":\"", 13);
+        if (PyUnicode_IS_ASCII(message)) {
+            if (out_escaped(&o, PyUnicode_1BYTE_DATA(message), mlen) < 0) {
+                goto fail;
+            }
+        }
+        else {
+            /* A temporary UTF-8 copy: PyUnicode_AsUTF8 would keep one on the message. */
+            PyObject *utf8 = PyUnicode_AsUTF8String(message);
+            if (utf8 == NULL) {
+                PyErr_Clear(); /* lone surrogates: let orjson say what it says */
+                o.len -= plen + tlen + 13;
+                goto general;
+            }
+            int rc = out_escaped(&o, (const unsigned char *)PyBytes_AS_STRING(utf8),
+                                 PyBytes_GET_SIZE(utf8));
+            Py_DECREF(utf8);
+            if (rc < 0) {
+                goto fail;
+            }
+        }
+        if (out_reserve(&o, 3) < 0) {
+            goto fail;
+        }
+        out_put(&o, "\"}\n", 3);
+        continue;
+    general:
+        if (out_json_method(&o, r) < 0) {
+            goto fail;
+        }
+    }
+    Py_DECREF(seq);
+    if (_PyBytes_Resize(&o.bytes, o.len) < 0) {
+        return NULL;
+    }
+    return o.bytes;
+fail:
+    Py_DECREF(seq);
+    Py_XDECREF(o.bytes);
+    return NULL;
+}
+
 /* -- module -------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
     {"setup", setup, METH_VARARGS, setup_doc},
     {"bulk_frames", bulk_frames, METH_VARARGS, bulk_frames_doc},
     {"dechunk", dechunk, METH_O, dechunk_doc},
+    {"encode_ndjson", encode_ndjson, METH_O, encode_ndjson_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -362,5 +597,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    init_escapes();
+    str_log = PyUnicode_InternFromString("log");
+    str_log_prefixes = PyUnicode_InternFromString("log_prefixes");
+    str_json = PyUnicode_InternFromString("json");
+    if (str_log == NULL || str_log_prefixes == NULL || str_json == NULL) {
+        return NULL;
+    }
     return PyModule_Create(&module);
 }

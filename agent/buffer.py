@@ -21,7 +21,8 @@ from pathlib import Path
 import orjson
 import structlog
 
-from agent.record import ContainerMeta, Record, encode_ndjson
+from agent.record import ContainerMeta, Record
+from agent.speedups import encode_ndjson
 
 log = structlog.get_logger("agent.buffer")
 

@@ -1,7 +1,8 @@
 """The optional C extension (agent/_speedups.c), set up for this process, or None.
 
-The extension mirrors two per-line loops of the logs-API read path; the Python versions
-stay next to their callers and are used when the extension was not built (no compiler at
+The extension mirrors the per-line loops of the logs-API read path (de-chunking, frame
+decoding) and of the file exporter (NDJSON encoding); the Python versions stay next to
+their callers and are used when the extension was not built (no compiler at
 install time) or when ``CONTAINER_AGENT_PURE_PYTHON=1`` asks for them (benchmarks compare
 both; the unit tests run both).
 """
@@ -9,8 +10,10 @@ both; the unit tests run both).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
+from agent import record
 from agent.record import Record
 
 PURE_ENV = "CONTAINER_AGENT_PURE_PYTHON"
@@ -46,3 +49,8 @@ def _load() -> ModuleType | None:
 
 
 speedups: ModuleType | None = _load()
+
+# The file exporter's and the disk buffer's encoder: the same bytes either way.
+encode_ndjson: Callable[[Sequence[Record]], bytes] = (
+    speedups.encode_ndjson if speedups is not None else record.encode_ndjson
+)

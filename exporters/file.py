@@ -33,8 +33,9 @@ from typing import BinaryIO, Literal
 import structlog
 from pydantic import Field
 
-from agent.record import ContainerMeta, Record, encode_ndjson
+from agent.record import ContainerMeta, Record
 from agent.section import Section
+from agent.speedups import encode_ndjson
 from exporters.base import Exporter, ExporterConfig, Health, register
 from exporters.formats import ts_seconds_ns
 

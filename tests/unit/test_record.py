@@ -94,3 +94,66 @@ def test_normalize_timestamp() -> None:
 
     assert normalize_timestamp("2026-11-28T11:11:02.5+01:00") == "2026-11-28T10:11:02.500000000Z"
     assert normalize_timestamp("2026-11-28T10:11:02Z") == "2026-11-28T10:11:02.000000000Z"
+
+
+def _records(seed: int) -> list[Record]:
+    """A fresh list of every kind of record the NDJSON encoders meet (fresh: encoding
+    caches each record's JSON on it, which would hide the encoder's own work)."""
+    import random
+
+    rng = random.Random(seed)
+    metas = [meta(), ContainerMeta("def456", "/other", "busybox", {"é": "ü"}, "node-7")]
+    odd = [
+        "".join(map(chr, range(128))),
+        'quote " backslash \\ slash / tab \t',
+        "é ü € 😀 \u2028 \u2029 \x7f",
+        "",
+        '{"level":"warn","n":[1,2]}',
+        "{not json}",
+        "{",
+        "}",
+        "x" * 5000,
+    ]
+    out: list[Record] = []
+    for i in range(300):
+        m = rng.choice(metas)
+        ts = f"2026-11-28T10:11:45.{i:09d}Z"
+        pick = rng.randrange(10)
+        if pick == 0:
+            out.append(Record.event(ts, m, "start", {"exitCode": "0", "é": "\n"}))
+        elif pick == 1:
+            out.append(Record.stats_sample(ts, m, {"cpu": 1.5, "mem": [1, 2]}))
+        else:
+            message = (
+                rng.choice(odd)
+                if pick < 5
+                else "".join(
+                    chr(rng.choice([rng.randrange(32, 127), rng.randrange(0, 0x2FFF)]))
+                    for _ in range(rng.randrange(60))
+                )
+            )
+            out.append(Record.log(ts, m, rng.choice(["stdout", "stderr"]), message, pick == 2))
+        if rng.random() < 0.1:
+            out[-1].json()  # already encoded once (another exporter, say)
+    return out
+
+
+def test_c_encoder_writes_the_python_bytes() -> None:
+    from agent.speedups import _load_extension
+
+    ext = _load_extension()
+    assert ext is not None, "agent._speedups is not built"
+    for seed in range(5):
+        want = encode_ndjson(_records(seed))
+        assert ext.encode_ndjson(_records(seed)) == want
+        assert ext.encode_ndjson(tuple(_records(seed))) == want
+    assert ext.encode_ndjson([]) == b"" == encode_ndjson([])
+    for encode in (ext.encode_ndjson, encode_ndjson):
+        m = meta()  # the first line builds the prefix; the second takes the C path
+        bad = [Record.log("t", m, "stdout", "fine", False)]
+        bad.append(Record.log("t", m, "stdout", "lone \ud800 surrogate", False))
+        try:
+            encode(bad)
+        except orjson.JSONEncodeError:
+            continue
+        raise AssertionError(f"{encode} encoded a lone surrogate")
