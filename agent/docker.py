@@ -166,12 +166,19 @@ class Engine:
 
     @contextlib.asynccontextmanager
     async def logs(
-        self, container_id: str, since: str | None = None, follow: bool = True
+        self,
+        container_id: str,
+        since: str | None = None,
+        follow: bool = True,
+        tail: int | None = None,
     ) -> AsyncIterator[LogStream]:
-        """The raw logs stream of one container, with timestamps, both streams."""
+        """The raw logs stream of one container, with timestamps, both streams; ``tail``:
+        only the last lines."""
         params = {"stdout": "1", "stderr": "1", "timestamps": "1", "follow": "1" if follow else "0"}
         if since:
             params["since"] = since
+        if tail is not None:
+            params["tail"] = str(tail)
         what = f"GET /containers/{container_id[:12]}/logs"
         address = _plain_address(self.host)
         if address is None:  # TLS and other schemes: through aiodocker's session

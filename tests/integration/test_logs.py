@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
+from agent.docker import Engine
+from agent.logs import EXIT_TAIL, ApiLogSource
+from agent.logstream import Position, advance
+from agent.record import ContainerMeta, Record
 from tests.integration.conftest import IMAGE
 
 COMPOSE = {"com.docker.compose.project": "shop", "com.docker.compose.service": "web"}
@@ -183,3 +188,51 @@ async def test_fan_out_to_two_exporters_with_their_own_filters(
     await agent.wait_for(lambda: len(agent.logs(web)) == 1 and len(agent.logs(db)) == 1)
     await agent.wait_for(lambda: only_db.exists() and b"db line" in only_db.read_bytes())
     assert b"web line" not in only_db.read_bytes()
+
+
+async def test_exit_reread_takes_the_log_tail_or_falls_back_to_since(
+    engine_host: str, containers
+) -> None:
+    """At a container's exit the agent reads again what the followed stream may have
+    missed: from the log's last EXIT_TAIL lines when they reach back to the last line
+    delivered (json-file answers ``since`` by decoding the whole log), else from the
+    delivered position as before. Positions are set behind here, as if the followed
+    stream had ended early."""
+    n = 3000
+    cid = await containers.run(
+        f'i=0; while [ $i -lt {n} ]; do echo "out $i"; '
+        f'[ $((i % 400)) -eq 0 ] && echo "err $i" >&2; i=$((i+1)); done; true'
+    )
+    await containers.wait(cid)
+    engine = Engine(engine_host)
+    try:
+        info = await engine.inspect(cid)
+        reader = SimpleNamespace(meta=ContainerMeta.from_inspect(info, "h"), decoder=None)
+        source = ApiLogSource(engine, 1 << 20)
+        everything: list[Record] = []
+
+        async def collect(batch: list[Record]) -> None:
+            everything.extend(batch)
+
+        await source._stream(reader, {}, collect, follow=False)  # type: ignore[arg-type]
+        assert len(everything) == n + len(range(0, n, 400))
+        messages = [r.message for r in everything]
+
+        async def reread(delivered: int) -> tuple[bool, list[str]]:
+            positions: dict[str, Position] = {}
+            advance(positions, everything[:delivered])
+            got: list[Record] = []
+
+            async def keep(batch: list[Record]) -> None:
+                got.extend(batch)
+
+            took = await source._exit_tail(reader, positions, keep)  # type: ignore[arg-type]
+            return took, [r.message for r in got]
+
+        near = len(everything) - EXIT_TAIL // 2  # within the last lines: the tail is enough
+        assert await reread(near) == (True, messages[near:])
+        assert await reread(len(everything)) == (True, [])  # nothing was missing
+        far = len(everything) - 2 * EXIT_TAIL  # further back: not taken, nothing emitted
+        assert await reread(far) == (False, [])
+    finally:
+        await engine.close()
