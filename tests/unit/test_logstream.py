@@ -146,17 +146,19 @@ class _FakeStream:
 
 
 class _FakeEngine:
-    """A followed stream that ends early (as engines do at exit), then the whole log."""
+    """A followed stream that ends early (as engines do at exit), then the whole log or,
+    with ``tail``, its last frames (``since`` is left to the decoder's skipping)."""
 
-    def __init__(self, data: bytes, cut: int) -> None:
-        self.data, self.cut = data, cut
-        self.calls: list[tuple[str | None, bool]] = []
+    def __init__(self, frames: list[bytes], cut: int) -> None:
+        self.frames, self.cut = frames, cut
+        self.calls: list[tuple[str | None, bool, int | None]] = []
 
-    def logs(self, cid: str, since: str | None = None, follow: bool = True):
+    def logs(self, cid: str, since: str | None = None, follow: bool = True, tail=None):
         import contextlib
 
-        self.calls.append((since, follow))
-        data = self.data[: self.cut] if follow else self.data
+        self.calls.append((since, follow, tail))
+        frames = self.frames[: self.cut] if follow else self.frames
+        data = b"".join(frames[-tail:] if tail else frames)
 
         @contextlib.asynccontextmanager
         async def cm():
@@ -168,15 +170,20 @@ class _FakeEngine:
         return {"State": {"Running": False}}
 
 
-async def test_api_source_rereads_when_the_followed_stream_ends_early() -> None:
+@pytest.mark.parametrize("tail", [1000, 50])
+async def test_api_source_rereads_when_the_followed_stream_ends_early(
+    tail: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-read at exit takes the log's last lines when they reach back to what was
+    delivered (80 lines missing, 1000 read back), else everything since the position."""
+    from agent import logs
     from agent.logs import ApiLogSource, StreamEnd
 
+    monkeypatch.setattr(logs, "EXIT_TAIL", tail)
     lines = [
         frame(1 + i % 2, f"2026-01-01T00:00:00.{i:09d}Z line {i}\n".encode()) for i in range(200)
     ]
-    data = b"".join(lines)
-    cut = sum(len(x) for x in lines[:120])  # the follow stream stops after 120 lines
-    engine = _FakeEngine(data, cut)
+    engine = _FakeEngine(lines, 120)  # the follow stream stops after 120 lines
     source = ApiLogSource(engine, 1 << 20)  # type: ignore[arg-type]
     got: list = []
     positions: dict[str, Position] = {}
@@ -192,7 +199,13 @@ async def test_api_source_rereads_when_the_followed_stream_ends_early() -> None:
     end = await source.read(Reader(), positions, emit)  # type: ignore[arg-type]
     assert end is StreamEnd.STOPPED
     assert [r.message for r in got] == [f"line {i}" for i in range(200)]
-    assert engine.calls[1][1] is False and engine.calls[1][0] is not None
+    assert engine.calls[0] == (None, True, None)
+    assert engine.calls[1] == (None, False, tail)
+    if tail == 50:  # lines 150..199 do not reach back to line 119: from the position
+        assert len(engine.calls) == 3
+        assert engine.calls[2][0] is not None and engine.calls[2][1:] == (False, None)
+    else:
+        assert len(engine.calls) == 2
 
 
 def _stamp(i: int) -> bytes:
