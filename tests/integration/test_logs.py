@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from agent.docker import Engine
 from agent.logs import EXIT_TAIL, ApiLogSource
@@ -236,3 +240,61 @@ async def test_exit_reread_takes_the_log_tail_or_falls_back_to_since(
         assert await reread(far) == (False, [])
     finally:
         await engine.close()
+
+
+@pytest.mark.parametrize("impl", ["c", "python"])
+async def test_c_and_python_paths_give_the_same_records(
+    start_agent, containers, monkeypatch: pytest.MonkeyPatch, impl: str
+) -> None:
+    """The agent with its C extension and with the Python code it mirrors, on the same
+    kinds of output from a real engine: plenty of plain lines (the bulk paths), stderr,
+    invalid UTF-8, control characters, non-ASCII, JSON, a line over 16 KiB."""
+    import exporters.file
+    from agent import httpstream, logstream, record, speedups
+
+    ext = speedups._load_extension()
+    assert ext is not None, "agent._speedups is not built"
+    calls: collections.Counter[str] = collections.Counter()
+
+    def counted(name: str) -> Any:
+        def call(*args: Any) -> Any:
+            calls[name] += 1
+            return getattr(ext, name)(*args)
+
+        return call
+
+    if impl == "python":
+        monkeypatch.setattr(logstream, "speedups", None)
+        monkeypatch.setattr(httpstream, "speedups", None)
+        monkeypatch.setattr(exporters.file, "encode_ndjson", record.encode_ndjson)
+    else:  # the extension, its calls counted: this test must go through it
+        spy = SimpleNamespace(bulk_frames=counted("bulk_frames"), dechunk=counted("dechunk"))
+        monkeypatch.setattr(logstream, "speedups", spy)
+        monkeypatch.setattr(httpstream, "speedups", spy)
+        monkeypatch.setattr(exporters.file, "encode_ndjson", counted("encode_ndjson"))
+    agent = await start_agent(logs={"source": "api"})
+    n = 2000
+    cid = await containers.run(
+        f"seq 1 {n}; echo 'to stderr' >&2; printf '\\377 bad\\n'; "
+        "printf 'tab\\there \\033[1m \\\\ \"q\" \\303\\251\\n'; "
+        "echo '{\"level\":\"info\"}'; head -c 20000 /dev/zero | tr '\\0' z; echo; "
+        f"seq {n + 1} {2 * n}"
+    )
+    await containers.wait(cid)
+    want = [
+        *map(str, range(1, n + 1)),
+        "\ufffd bad",
+        'tab\there \x1b[1m \\ "q" é',
+        '{"level":"info"}',
+        "z" * 20000,
+        *map(str, range(n + 1, 2 * n + 1)),
+    ]
+    await agent.wait_for(lambda: len(agent.logs(cid)) >= len(want) + 1, what="every line")
+    logs = agent.logs(cid)
+    assert [r["message"] for r in logs if r["stream"] == "stdout"] == want
+    assert [r["message"] for r in logs if r["stream"] == "stderr"] == ["to stderr"]
+    assert next(r for r in logs if r["message"] == '{"level":"info"}')["fields"] == {
+        "level": "info"
+    }
+    if impl == "c":
+        assert calls["bulk_frames"] and calls["dechunk"] and calls["encode_ndjson"], calls
