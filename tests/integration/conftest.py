@@ -89,6 +89,13 @@ async def containers(engine_host: str) -> AsyncIterator[Containers]:
         await docker.close()
 
 
+def read_ndjson(path: Path) -> list[dict[str, Any]]:
+    """The complete records of an NDJSON file that an agent may be writing right now: a
+    write in progress can leave half a line at the end, which is not a record yet."""
+    data = path.read_bytes()
+    return [orjson.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
+
+
 class AgentUnderTest:
     """The agent running in this test's event loop, writing to a file exporter."""
 
@@ -100,7 +107,7 @@ class AgentUnderTest:
     def records(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [orjson.loads(line) for line in self.path.read_bytes().splitlines()]
+        return read_ndjson(self.path)
 
     def logs(self, cid: str | None = None) -> list[dict[str, Any]]:
         return [

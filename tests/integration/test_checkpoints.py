@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from agent.record import normalize_timestamp, timestamp_to_unix
+from tests.integration.conftest import read_ndjson
 
 N = 20000  # lines per container
 
@@ -52,7 +53,7 @@ def start(cfg: Path, tmp: Path) -> subprocess.Popen[bytes]:
 def logs(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [r for r in map(orjson.loads, path.read_bytes().splitlines()) if r["kind"] == "log"]
+    return [r for r in read_ndjson(path) if r["kind"] == "log"]
 
 
 async def wait_lines(path: Path, n: int, timeout: float = 60) -> None:
