@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from agent.docker import Engine
-from agent.logs import EXIT_TAIL, ApiLogSource
+from agent.logs import RESUME_TAIL, ApiLogSource
 from agent.logstream import Position, advance
 from agent.record import ContainerMeta, Record
 from tests.integration.conftest import IMAGE
@@ -194,14 +194,13 @@ async def test_fan_out_to_two_exporters_with_their_own_filters(
     assert b"web line" not in only_db.read_bytes()
 
 
-async def test_exit_reread_takes_the_log_tail_or_falls_back_to_since(
+async def test_reads_from_positions_take_the_log_tail_or_fall_back_to_since(
     engine_host: str, containers
 ) -> None:
-    """At a container's exit the agent reads again what the followed stream may have
-    missed: from the log's last EXIT_TAIL lines when they reach back to the last line
-    delivered (json-file answers ``since`` by decoding the whole log), else from the
-    delivered position as before. Positions are set behind here, as if the followed
-    stream had ended early."""
+    """A read from delivered positions (exit re-read, reconnect, agent restart) asks for
+    the log's last RESUME_TAIL lines and takes them when they reach back to the last line
+    delivered (json-file answers ``since`` by decoding the whole log), else asks with
+    ``since`` as before. Positions are set behind here, as if a stream had ended early."""
     n = 3000
     cid = await containers.run(
         f'i=0; while [ $i -lt {n} ]; do echo "out $i"; '
@@ -209,6 +208,14 @@ async def test_exit_reread_takes_the_log_tail_or_falls_back_to_since(
     )
     await containers.wait(cid)
     engine = Engine(engine_host)
+    requests: list[dict[str, Any]] = []
+    logs = engine.logs
+
+    def spied(container_id: str, **kw: Any) -> Any:
+        requests.append(kw)
+        return logs(container_id, **kw)
+
+    engine.logs = spied  # type: ignore[method-assign]
     try:
         info = await engine.inspect(cid)
         reader = SimpleNamespace(meta=ContainerMeta.from_inspect(info, "h"), decoder=None)
@@ -222,7 +229,7 @@ async def test_exit_reread_takes_the_log_tail_or_falls_back_to_since(
         assert len(everything) == n + len(range(0, n, 400))
         messages = [r.message for r in everything]
 
-        async def reread(delivered: int) -> tuple[bool, list[str]]:
+        async def read_from(delivered: int) -> tuple[list[str], list[str]]:
             positions: dict[str, Position] = {}
             advance(positions, everything[:delivered])
             got: list[Record] = []
@@ -230,14 +237,16 @@ async def test_exit_reread_takes_the_log_tail_or_falls_back_to_since(
             async def keep(batch: list[Record]) -> None:
                 got.extend(batch)
 
-            took = await source._exit_tail(reader, positions, keep)  # type: ignore[arg-type]
-            return took, [r.message for r in got]
+            requests.clear()
+            await source._stream(reader, positions, keep, follow=False)  # type: ignore[arg-type]
+            asked = ["tail" if kw["tail"] else "since" for kw in requests]
+            return asked, [r.message for r in got]
 
-        near = len(everything) - EXIT_TAIL // 2  # within the last lines: the tail is enough
-        assert await reread(near) == (True, messages[near:])
-        assert await reread(len(everything)) == (True, [])  # nothing was missing
-        far = len(everything) - 2 * EXIT_TAIL  # further back: not taken, nothing emitted
-        assert await reread(far) == (False, [])
+        near = len(everything) - RESUME_TAIL // 2  # within the last lines: the tail is enough
+        assert await read_from(near) == (["tail"], messages[near:])
+        assert await read_from(len(everything)) == (["tail"], [])  # nothing was missing
+        far = len(everything) - 2 * RESUME_TAIL  # further back: since, after all
+        assert await read_from(far) == (["tail", "since"], messages[far:])
     finally:
         await engine.close()
 

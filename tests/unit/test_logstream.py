@@ -179,7 +179,7 @@ async def test_api_source_rereads_when_the_followed_stream_ends_early(
     from agent import logs
     from agent.logs import ApiLogSource, StreamEnd
 
-    monkeypatch.setattr(logs, "EXIT_TAIL", tail)
+    monkeypatch.setattr(logs, "RESUME_TAIL", tail)
     lines = [
         frame(1 + i % 2, f"2026-01-01T00:00:00.{i:09d}Z line {i}\n".encode()) for i in range(200)
     ]
