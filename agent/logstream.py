@@ -21,12 +21,11 @@ import itertools
 import operator
 from dataclasses import dataclass
 
-from agent.record import ContainerMeta, Record
+from agent.record import FRAME_STREAMS, ContainerMeta, Record
 from agent.speedups import speedups
 
 HEADER = 8
 PARTIAL_SIZE = 16 * 1024  # the engine's copier splits lines at this size
-_STREAMS = ("stdout", "stdout", "stderr")  # 0 = stdin never appears in logs; treat as stdout
 _stream_of = operator.attrgetter("stream")
 # Bulk decoding of whole frames (see LogDecoder._bulk_frames).
 _BULK_MIN = 8
@@ -243,7 +242,7 @@ class LogDecoder:
                 itertools.repeat("log", n),
                 map(_STAMP, lines),
                 itertools.repeat(self.meta, n),
-                map(_STREAMS.__getitem__, kinds),
+                map(FRAME_STREAMS.__getitem__, kinds),
                 map(_MESSAGE, lines),
             )
         )
@@ -283,7 +282,7 @@ class LogDecoder:
             end = start + int.from_bytes(buf[pos + 4 : start], "big")
             if end > n:
                 break
-            stream = _STREAMS[buf[pos]] if buf[pos] < 3 else "stdout"
+            stream = FRAME_STREAMS[buf[pos]] if buf[pos] < 3 else "stdout"
             pos = end
             if end == start:
                 continue

@@ -16,6 +16,9 @@ import orjson
 
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
+# The stream of a logs-API frame, by its header's first byte; 0 (stdin) never appears in
+# logs and is taken as stdout. Read by the Python decoder and handed to the C one.
+FRAME_STREAMS = ("stdout", "stdout", "stderr")
 
 _dumps = orjson.dumps
 _loads = orjson.loads

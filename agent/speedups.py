@@ -14,10 +14,9 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from agent import record
-from agent.record import Record
+from agent.record import FRAME_STREAMS, Record
 
 PURE_ENV = "CONTAINER_AGENT_PURE_PYTHON"
-_STREAMS = ("stdout", "stdout", "stderr")  # header byte 0 (stdin) never appears in logs
 
 # What a log record built in C holds besides its timestamp, meta, stream and message:
 # what Record.__init__ leaves for a log line. setup() refuses a Record slot missing here.
@@ -38,7 +37,7 @@ def _load_extension() -> ModuleType | None:
         from agent import _speedups  # type: ignore[attr-defined]
     except ImportError:
         return None
-    _speedups.setup(Record, _LOG_DEFAULTS, _STREAMS)
+    _speedups.setup(Record, _LOG_DEFAULTS, FRAME_STREAMS)
     return _speedups
 
 
