@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_valid
 from pydantic.fields import FieldInfo
 
 import exporters
-from agent.docker import DEFAULT_HOST
+from agent.engine.client import DEFAULT_HOST
 from agent.filters import ContainerFilter
 from agent.section import Section
 from exporters.base import REGISTRY, ExporterConfig

@@ -18,20 +18,23 @@ import structlog
 
 import exporters
 from agent import __version__
-from agent.buffer import DiskBuffer
-from agent.checkpoint import CheckpointError, CheckpointStore
 from agent.config import Config
-from agent.discovery import Discovery
-from agent.docker import Engine, EngineError
-from agent.inventory import Inventory
-from agent.jsonfile import JsonFileLogSource, SourceChooser
-from agent.logs import ApiLogSource, LogFollowers
-from agent.logstream import FileMark, Position
-from agent.pipeline import ExporterRunner, Pipeline
+from agent.delivery.buffer import DiskBuffer
+from agent.delivery.checkpoint import CheckpointError, CheckpointStore
+from agent.delivery.pipeline import Pipeline
+from agent.delivery.runner import ExporterRunner
+from agent.engine.client import Engine, EngineError
+from agent.engine.discovery import Discovery
+from agent.metrics.inventory import Inventory
+from agent.metrics.stats import StatsCollector
+from agent.positions import FileMark, Position
 from agent.retry import Backoff
+from agent.sources.api.source import ApiLogSource
+from agent.sources.choice import SourceChooser
+from agent.sources.followers import LogFollowers
+from agent.sources.jsonfile.source import JsonFileLogSource
 from agent.speedups import speedups
 from agent.state import AgentState
-from agent.stats import StatsCollector
 from exporters.base import REGISTRY, ExporterConfig
 
 log = structlog.get_logger("agent.runtime")
@@ -143,11 +146,57 @@ class Runtime:
             )
             return EXIT_USAGE
         host = cfg.agent.hostname or info.get("Name") or socket.gethostname()
+        pipeline, followers, discovery = self._build(host)
+        try:
+            await pipeline.start()
+        except (OSError, ValueError) as exc:
+            await pipeline.close(0)
+            await self.engine.close()
+            log.error("exporter_start_failed", error=str(exc))
+            return EXIT_USAGE
 
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        tasks = [
+            asyncio.create_task(discovery.run(first=info), name="discovery"),
+            asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
+        ]
+        if self.stats is not None:
+            tasks.append(asyncio.create_task(self.stats.run(), name="stats"))
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await discovery.connected.wait()
+            log.info(
+                "agent_started",
+                version=__version__,
+                engine=cfg.engine.host,
+                engine_version=version.get("Version"),
+                api_version=version.get("ApiVersion"),
+                containers=followers.followed,
+                host=host,
+                exporters={r.name: r.exporter.target() for r in pipeline.runners},
+                # Whether the C loops of the logs-API read path were built (a compiler at
+                # install time); the Python ones give the same records, at more CPU.
+                speedups="c" if speedups is not None else "python",
+            )
+            await self.stopping.wait()
+        finally:
+            await self._shutdown(tasks)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        return EXIT_OK
+
+    def _build(self, host: str) -> tuple[Pipeline, LogFollowers, Discovery]:
+        """Wires the parts: exporters behind the pipeline, the log sources and their
+        readers, discovery, checkpoints (loaded), stats, and the state the exporters see."""
+        cfg = self.config
         exporters.load_all()
         runners = [self._runner(name, ec) for name, ec in cfg.exporters.items()]
         self.pipeline = Pipeline(runners)
-
         backoff = self._backoff()
         api_source = ApiLogSource(self.engine, cfg.logs.max_message_bytes)
         files_source = JsonFileLogSource(
@@ -159,7 +208,7 @@ class Runtime:
             self.pipeline.send,
             cfg.containers,
             host,
-            backoff.delay,
+            backoff,
             choose_source=SourceChooser(cfg.logs.source, api_source, files_source),
         )
         inventory = Inventory()
@@ -191,57 +240,21 @@ class Runtime:
         )
         for runner in runners:
             runner.exporter.bind(self.state)
-        try:
-            await self.pipeline.start()
-        except (OSError, ValueError) as exc:
-            await self.pipeline.close(0)
-            await self.engine.close()
-            log.error("exporter_start_failed", error=str(exc))
-            return EXIT_USAGE
+        return self.pipeline, self.followers, self.discovery
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
-
-        tasks = [
-            asyncio.create_task(self.discovery.run(first=info), name="discovery"),
-            asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
-        ]
-        if self.stats is not None:
-            tasks.append(asyncio.create_task(self.stats.run(), name="stats"))
-        try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(10):
-                    await self.discovery.connected.wait()
-            log.info(
-                "agent_started",
-                version=__version__,
-                engine=cfg.engine.host,
-                engine_version=version.get("Version"),
-                api_version=version.get("ApiVersion"),
-                containers=self.followers.followed,
-                host=host,
-                exporters={r.name: r.exporter.target() for r in runners},
-                # Whether the C loops of the logs-API read path were built (a compiler at
-                # install time); the Python ones give the same records, at more CPU.
-                speedups="c" if speedups is not None else "python",
-            )
-            await self.stopping.wait()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.followers.close()
-            await self.pipeline.close(cfg.agent.shutdown_timeout_seconds)
-            # After the drain, the checkpoint covers everything that was delivered.
-            await self.checkpoints.write_async(*self.checkpoint_positions())
-            await self.engine.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
-            dropped = {r.name: dict(r.dropped) for r in runners if r.dropped}
-            log.info(
-                "agent_stopped", exported={r.name: r.exported for r in runners}, dropped=dropped
-            )
-        return EXIT_OK
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Stops intake, drains the exporters within the bound, writes the last
+        checkpoint and closes the engine client."""
+        assert self.pipeline is not None and self.followers is not None
+        assert self.checkpoints is not None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.followers.close()
+        await self.pipeline.close(self.config.agent.shutdown_timeout_seconds)
+        # After the drain, the checkpoint covers everything that was delivered.
+        await self.checkpoints.write_async(*self.checkpoint_positions())
+        await self.engine.close()
+        runners = self.pipeline.runners
+        dropped = {r.name: dict(r.dropped) for r in runners if r.dropped}
+        log.info("agent_stopped", exported={r.name: r.exported for r in runners}, dropped=dropped)

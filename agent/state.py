@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.inventory import Inventory
+from agent.metrics.inventory import Inventory
 
 if TYPE_CHECKING:
-    from agent.discovery import Discovery
-    from agent.logs import LogFollowers
-    from agent.pipeline import Pipeline
-    from agent.stats import StatsCollector
+    from agent.delivery.pipeline import Pipeline
+    from agent.engine.discovery import Discovery
+    from agent.metrics.stats import StatsCollector
+    from agent.sources.followers import LogFollowers
 
 
 @dataclass

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.buffer import DiskBuffer
-from agent.checkpoint import CheckpointStore
-from agent.logstream import Position
+from agent.delivery.buffer import DiskBuffer
+from agent.delivery.checkpoint import CheckpointStore
+from agent.positions import Position
 from agent.record import ContainerMeta, Record
 from bench.common import BenchEngine, fmt, median, standalone, table
 

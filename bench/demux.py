@@ -4,7 +4,7 @@ A real payload is recorded once from the engine (a container writing lines of 10
 stdout and stderr at the same time; ``GET /logs?timestamps=1`` without follow); the timed
 part needs no engine:
 
-* agent: ``agent.logstream.LogDecoder.feed()`` over 64 KiB chunks, giving Records;
+* agent: ``agent.sources.api.decoder.LogDecoder.feed()`` over 64 KiB chunks, giving Records;
 * agent, bulk: ``LogDecoder.feed_parts()`` over lists of whole frames, 200 at a time, as
   the socket reader hands them on (the engine sends one frame per HTTP chunk);
 * aiodocker: its own demultiplexing, ``MultiplexedResult.fetch`` (readexactly the 8-byte
@@ -35,8 +35,8 @@ import aiohttp
 from aiodocker.multiplexed import MultiplexedResult
 from aiodocker.utils import _DecodeHelper
 
-from agent.logstream import LogDecoder
 from agent.record import ContainerMeta
+from agent.sources.api.decoder import LogDecoder
 from bench.common import (
     BenchEngine,
     CpuMeter,

@@ -96,7 +96,7 @@ class ConfiguredAgent(AgentProcess):
             command = [
                 sys.executable,
                 "-c",
-                "import sys, agent.jsonfile as j; j.USE_INOTIFY = False; "
+                "import sys, agent.sources.jsonfile.source as j; j.USE_INOTIFY = False; "
                 "from agent.cli import main; sys.exit(main())",
             ]
         with open(self.stderr_path, "wb") as err:

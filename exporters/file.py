@@ -33,11 +33,12 @@ from typing import BinaryIO, Literal
 import structlog
 from pydantic import Field
 
+from agent.fsutil import atomic_file
 from agent.record import ContainerMeta, Record
 from agent.section import Section
 from agent.speedups import encode_ndjson
 from exporters.base import Exporter, ExporterConfig, Health, register
-from exporters.formats import ts_seconds_ns
+from exporters.http.formats import ts_seconds_ns
 
 log = structlog.get_logger("exporters.file")
 
@@ -128,13 +129,12 @@ def gzip_file(path: str) -> str:
     """``path`` -> ``path.gz`` (through ``path.gz.tmp``, fsynced, then renamed); the
     original is removed. Returns the new name."""
     target = path + ".gz"
-    tmp = target + ".tmp"
-    with open(path, "rb") as src, open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
-            shutil.copyfileobj(src, out, 1024 * 1024)
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, target)
+    with (
+        open(path, "rb") as src,
+        atomic_file(target) as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out,
+    ):
+        shutil.copyfileobj(src, out, 1024 * 1024)
     os.unlink(path)
     return target
 

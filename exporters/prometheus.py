@@ -63,7 +63,7 @@ class PrometheusExporter(Exporter):
     def bind(self, state: AgentState) -> None:
         from prometheus_client import ProcessCollector
 
-        from agent.telemetry import AgentCollector, ContainerCollector
+        from agent.metrics.collectors import AgentCollector, ContainerCollector
 
         self._state = state
         self.registry.register(ContainerCollector(state, self.config.container_labels))

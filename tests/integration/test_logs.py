@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from agent.docker import Engine
-from agent.logs import RESUME_TAIL, ApiLogSource
-from agent.logstream import Position, advance
+from agent.engine.client import Engine
+from agent.positions import Position, advance
 from agent.record import ContainerMeta, Record
+from agent.sources.api.source import RESUME_TAIL, ApiLogSource
 from tests.integration.conftest import IMAGE
 
 COMPOSE = {"com.docker.compose.project": "shop", "com.docker.compose.service": "web"}
@@ -259,7 +259,9 @@ async def test_c_and_python_paths_give_the_same_records(
     kinds of output from a real engine: plenty of plain lines (the bulk paths), stderr,
     invalid UTF-8, control characters, non-ASCII, JSON, a line over 16 KiB."""
     import exporters.file
-    from agent import httpstream, logstream, record, speedups
+    from agent import record, speedups
+    from agent.engine import httpstream
+    from agent.sources.api import decoder as logstream
 
     ext = speedups._load_extension()
     assert ext is not None, "agent._speedups is not built"

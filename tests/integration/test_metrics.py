@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.inventory import Inventory
+from agent.metrics.inventory import Inventory
+from agent.metrics.stats import ApiStatsSource, CgroupStatsSource
 from agent.record import ContainerMeta
-from agent.stats import ApiStatsSource, CgroupStatsSource
 
 
 def free_port() -> int:
@@ -177,7 +177,7 @@ async def test_readyz_says_why_not_when_an_exporter_fails(start_agent, tmp_path)
 
 
 async def test_api_and_cgroup_sources_agree(engine_host, containers) -> None:
-    from agent.docker import Engine
+    from agent.engine.client import Engine
 
     cid = await containers.run(
         "(head -c 20000000 /dev/zero; while :; do :; done) | tail -c 19000000 > /dev/null"

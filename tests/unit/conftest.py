@@ -7,7 +7,9 @@ from types import ModuleType
 
 import pytest
 
-from agent import httpstream, logstream, speedups
+from agent import speedups
+from agent.engine import httpstream
+from agent.sources.api import decoder as logstream
 
 
 @pytest.fixture(params=["c", "python"])

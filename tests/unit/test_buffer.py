@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent.buffer import DiskBuffer
+from agent.delivery.buffer import DiskBuffer
 from agent.record import ContainerMeta, Record
 
 META = ContainerMeta("c" * 64, "web", "img", {"l": "v"}, "h")

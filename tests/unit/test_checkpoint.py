@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.checkpoint import CheckpointError, CheckpointStore
-from agent.logstream import FileMark, Position
+from agent.delivery.checkpoint import CheckpointError, CheckpointStore
+from agent.positions import FileMark, Position
 
 T1 = "2026-01-01T00:00:01.000000000Z"
 

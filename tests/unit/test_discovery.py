@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.discovery import Discovery
+from agent.engine.discovery import Discovery
 from agent.filters import ContainerFilter
 from agent.record import ContainerMeta, Record
 from agent.retry import Backoff

@@ -17,7 +17,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.record import ContainerMeta, Record, format_timestamp_ns
-from exporters.http import HttpConfig, HttpExporter
+from exporters.http.config import HttpConfig
+from exporters.http.exporter import HttpExporter
 from tests.http_receiver import Answer, Got, Receiver, bulk_items
 
 META = ContainerMeta("c" * 64, "app", "busybox", {}, "h")

@@ -16,19 +16,17 @@ import pytest
 from agent.cli import main as cli_main
 from agent.config import ConfigError, parse
 from agent.record import ContainerMeta, Record, encode_ndjson, format_timestamp_ns
-from exporters.formats import ts_to_ns, ts_to_ns_text
-from exporters.formats.elasticsearch import ElasticsearchEncoder, bulk_outcome
-from exporters.formats.loki import LokiEncoder, label_name
-from exporters.formats.ndjson import NdjsonEncoder
-from exporters.formats.otlp import OtlpEncoder, split_image
-from exporters.http import (
-    HttpConfig,
-    HttpExporter,
-    expand_env,
-    gzip_bytes,
-    masked_url,
-    retry_after_seconds,
-)
+from agent.retry import retry_after_seconds
+from agent.secrets import masked_url
+from exporters.http.auth import expand_env
+from exporters.http.compress import gzip_bytes
+from exporters.http.config import HttpConfig
+from exporters.http.exporter import HttpExporter
+from exporters.http.formats import ts_to_ns, ts_to_ns_text
+from exporters.http.formats.elasticsearch import ElasticsearchEncoder, bulk_outcome
+from exporters.http.formats.loki import LokiEncoder, label_name
+from exporters.http.formats.ndjson import NdjsonEncoder
+from exporters.http.formats.otlp import OtlpEncoder, split_image
 
 WEB = ContainerMeta(
     "a" * 64,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import httpstream
-from agent.httpstream import HttpStatusError, HttpStreamError, dechunk, open_stream
+from agent.engine import httpstream
+from agent.engine.httpstream import HttpStatusError, HttpStreamError, dechunk, open_stream
 
 
 def chunked(*datas: bytes, end: bool = True) -> bytes:

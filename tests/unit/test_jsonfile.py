@@ -15,19 +15,16 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from agent.docker import NotFound
-from agent.jsonfile import (
-    IN_CLOEXEC,
-    JsonFileDecoder,
-    JsonFileLogSource,
-    SourceChooser,
-    _load_libc,
-    first_offset_at_or_after,
-    normalize_time,
-)
-from agent.logs import StreamEnd
-from agent.logstream import FileMark, LogDecoder, Position, advance
+from agent.engine.client import NotFound
+from agent.positions import FileMark, Position, advance
 from agent.record import ContainerMeta, Record, format_timestamp_ns
+from agent.sources.api.decoder import LogDecoder
+from agent.sources.base import StreamEnd
+from agent.sources.choice import SourceChooser
+from agent.sources.jsonfile.decoder import JsonFileDecoder, normalize_time
+from agent.sources.jsonfile.inotify import IN_CLOEXEC, _load_libc
+from agent.sources.jsonfile.seek import first_offset_at_or_after
+from agent.sources.jsonfile.source import JsonFileLogSource
 
 DATA = Path(__file__).parent / "data"
 CID = "f" * 64

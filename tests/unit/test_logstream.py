@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.logstream import LogDecoder, Position, advance
+from agent.positions import Position, advance
 from agent.record import ContainerMeta, Record
+from agent.sources.api.decoder import LogDecoder
 
 DATA = Path(__file__).parent / "data"
 TS = "2026-11-28T10:11:45.589604852Z"
@@ -176,8 +177,9 @@ async def test_api_source_rereads_when_the_followed_stream_ends_early(
 ) -> None:
     """The re-read at exit takes the log's last lines when they reach back to what was
     delivered (80 lines missing, 1000 read back), else everything since the position."""
-    from agent import logs
-    from agent.logs import ApiLogSource, StreamEnd
+    from agent.sources.api import source as logs
+    from agent.sources.api.source import ApiLogSource
+    from agent.sources.base import StreamEnd
 
     monkeypatch.setattr(logs, "RESUME_TAIL", tail)
     lines = [

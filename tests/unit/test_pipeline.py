@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from agent.logstream import FileMark, Position
-from agent.pipeline import ExporterRunner, Pipeline, RecordQueue
+from agent.delivery.pipeline import Pipeline
+from agent.delivery.queue import RecordQueue
+from agent.delivery.runner import ExporterRunner
+from agent.positions import FileMark, Position
 from agent.record import ContainerMeta, Record
 from agent.retry import Backoff
 from exporters.base import Exporter, ExporterConfig

@@ -9,10 +9,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.inventory import Inventory
+from agent.metrics.cgroup import CgroupLayout, read_net_dev
+from agent.metrics.collectors import ContainerCollector, sanitize_label
+from agent.metrics.inventory import Inventory
+from agent.metrics.sample import StatsSample, cpu_percent, parse_api_stats
 from agent.record import ContainerMeta
-from agent.stats import CgroupLayout, StatsSample, cpu_percent, parse_api_stats, read_net_dev
-from agent.telemetry import ContainerCollector, sanitize_label
 
 DATA = Path(__file__).parent / "data"
 
@@ -241,10 +242,10 @@ def test_series_follow_the_inventory() -> None:
 async def test_agent_collector_reports_buffers_drops_and_exporter_counters(tmp_path) -> None:
     import asyncio
 
-    from agent.buffer import DiskBuffer
-    from agent.pipeline import ExporterRunner
+    from agent.delivery.buffer import DiskBuffer
+    from agent.delivery.runner import ExporterRunner
+    from agent.metrics.collectors import AgentCollector
     from agent.retry import Backoff
-    from agent.telemetry import AgentCollector
     from exporters.file import FileConfig, FileExporter
 
     buf = DiskBuffer(tmp_path / "b", 4096, "drop_newest")

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import itertools
 import operator
-from dataclasses import dataclass
 
+from agent.positions import Position
 from agent.record import FRAME_STREAMS, ContainerMeta, Record
+from agent.sources.lines import PARTIAL_SIZE, LineAssembler
 from agent.speedups import speedups
 
 HEADER = 8
-PARTIAL_SIZE = 16 * 1024  # the engine's copier splits lines at this size
 _stream_of = operator.attrgetter("stream")
 # Bulk decoding of whole frames (see LogDecoder._bulk_frames).
 _BULK_MIN = 8
@@ -40,121 +40,7 @@ _STAMP = operator.itemgetter(slice(0, 30))
 _MESSAGE = operator.itemgetter(slice(31, None))
 
 
-@dataclass
-class Position:
-    """How far one stream has been delivered: the last line's timestamp and how many lines
-    carried exactly that timestamp (several lines can share one)."""
-
-    timestamp: str
-    count: int
-
-    def to_dict(self) -> dict[str, object]:
-        return {"timestamp": self.timestamp, "count": self.count}
-
-    @classmethod
-    def from_dict(cls, doc: object) -> Position:
-        """Raises ValueError when ``doc`` is not a position's ``to_dict``."""
-        if (
-            not isinstance(doc, dict)
-            or not isinstance(doc.get("timestamp"), str)
-            or not isinstance(doc.get("count"), int)
-        ):
-            raise ValueError("bad position")
-        return cls(doc["timestamp"], doc["count"])
-
-
-@dataclass
-class FileMark:
-    """Where the delivered lines of a file-read container end in its json-file log.
-
-    Every line before ``offset`` of the file with inode ``inode`` was delivered, and none
-    after it; ``timestamp`` is the stamp of the line just before ``offset`` (checked on
-    resume, so that a reused inode is not trusted) and ``streams`` each stream's
-    ``Position`` at that point. A reader resumes there without a search, and the
-    timestamps still bridge to the other source (the logs API knows no offsets).
-    """
-
-    inode: int
-    offset: int
-    timestamp: str
-    streams: dict[str, Position]
-    tail: bytes = b""  # the bytes before ``offset``, when known (truncation check)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "inode": self.inode,
-            "offset": self.offset,
-            "timestamp": self.timestamp,
-            "streams": {s: p.to_dict() for s, p in self.streams.items()},
-        }
-
-    def key(self) -> tuple[str, int]:
-        """Orders marks of one container (a later mark has a later stamp or offset)."""
-        return (self.timestamp, self.offset)
-
-    def resume(self, positions: dict[str, Position]) -> dict[str, Position]:
-        """``positions`` (delivered, at or after this mark) as seen from the mark: only
-        lines after ``offset`` are read again, so a stream's count of lines sharing its
-        last stamp no longer includes those before the mark."""
-        out: dict[str, Position] = {}
-        for stream, pos in positions.items():
-            at = self.streams.get(stream)
-            if at is not None and at.timestamp == pos.timestamp:
-                if pos.count > at.count:
-                    out[stream] = Position(pos.timestamp, pos.count - at.count)
-            else:
-                out[stream] = pos
-        return out
-
-    @classmethod
-    def after(cls, record: Record, positions: dict[str, Position], tail: bytes = b"") -> FileMark:
-        """The mark ``record`` carries (see ``Record.mark``), with the stream positions once
-        it is delivered."""
-        assert record.mark is not None
-        inode, offset = record.mark
-        return cls(inode, offset, record.timestamp, dict(positions), tail)
-
-    @classmethod
-    def from_dict(cls, doc: object) -> FileMark:
-        """Raises ValueError when ``doc`` is not a mark's ``to_dict``."""
-        if not isinstance(doc, dict):
-            raise ValueError("not a mapping")
-        inode, offset, ts, streams = (
-            doc.get(k) for k in ("inode", "offset", "timestamp", "streams")
-        )
-        if not (
-            isinstance(inode, int)
-            and isinstance(offset, int)
-            and offset >= 0
-            and isinstance(ts, str)
-            and isinstance(streams, dict)
-        ):
-            raise ValueError("bad file position")
-        return cls(inode, offset, ts, {s: Position.from_dict(p) for s, p in streams.items()})
-
-
-class _Pending:
-    __slots__ = ("length", "parts", "timestamp", "truncated")
-
-    def __init__(self, timestamp: str) -> None:
-        self.timestamp = timestamp
-        self.parts: list[bytes] = []
-        self.length = 0
-        self.truncated = False
-
-
-def _cut(data: bytes, limit: int) -> bytes:
-    """``data[:limit]`` without splitting a UTF-8 sequence."""
-    if len(data) <= limit:
-        return data
-    end = limit
-    # Back up over continuation bytes (0b10xxxxxx) so that the cut lands on a boundary.
-    while end > 0 and (data[end] & 0xC0) == 0x80:
-        end -= 1
-    return data[:end]
-
-
-class LogDecoder:
+class LogDecoder(LineAssembler):
     """Stateful decoder of one container's log stream; one instance per open stream.
 
     ``resume`` holds, per stream, the position already delivered: lines at or before it are
@@ -167,15 +53,9 @@ class LogDecoder:
         max_bytes: int,
         resume: dict[str, Position] | None = None,
     ) -> None:
-        self.meta = meta
-        self.max_bytes = max_bytes
+        super().__init__(meta, max_bytes, resume)
         self.tty = meta.tty  # None: told from the stream's first bytes
         self._buf = b""
-        self._pending: dict[str, _Pending] = {}
-        self._resume = {k: Position(v.timestamp, v.count) for k, v in (resume or {}).items()}
-        self.skipped = 0  # lines dropped because they were delivered before a reconnect
-        self.truncated = 0  # records whose message was cut at max_bytes
-        self.malformed = 0  # frames without a timestamp (never expected from the engine)
 
     # -- public -------------------------------------------------------------------------
 
@@ -248,24 +128,18 @@ class LogDecoder:
         )
 
     def finish(self) -> list[Record]:
-        """Emits partial lines still pending at the end of a container's output.
-
-        A container that stops in the middle of a line leaves a last partial message with
-        no newline; it is a line of its own. Call only when the stream ended for good.
-        """
+        """Emits what is still held at the end of a container's output: a TTY line
+        without its newline, and pending partial lines (see ``LineAssembler.finish``)."""
         out: list[Record] = []
         if self.tty is not False and self._buf:
             self._tty_line(self._buf, out)
         self._buf = b""
-        for stream in list(self._pending):
-            pending = self._pending.pop(stream)
-            self._emit(stream, pending.timestamp, b"".join(pending.parts), pending.truncated, out)
-        return out
+        return out + super().finish()
 
     @property
     def buffered(self) -> int:
         """Bytes held back waiting for the rest of a frame or line."""
-        return len(self._buf) + sum(p.length for p in self._pending.values())
+        return len(self._buf) + super().buffered
 
     # -- framed (non-TTY) streams --------------------------------------------------------
 
@@ -339,72 +213,3 @@ class LogDecoder:
             parts.append(body)
             body = b"".join(parts)
         self._piece("stdout", ts_bytes.decode("ascii", "replace"), body, True, out)
-
-    # -- shared slow path ----------------------------------------------------------------
-
-    def _piece(self, stream: str, ts: str, body: bytes, complete: bool, out: list[Record]) -> None:
-        """Adds one message (whole line or partial) of ``stream``; emits finished lines."""
-        pending = self._pending.get(stream)
-        if pending is None:
-            if complete:
-                truncated = len(body) > self.max_bytes
-                self._emit(
-                    stream, ts, _cut(body, self.max_bytes) if truncated else body, truncated, out
-                )
-                return
-            pending = self._pending[stream] = _Pending(ts)
-        room = self.max_bytes - pending.length
-        if len(body) > room:
-            body = _cut(body, room) if room > 0 else b""
-            pending.truncated = True
-        if body:
-            pending.parts.append(body)
-            pending.length += len(body)
-        if complete:
-            del self._pending[stream]
-            self._emit(stream, pending.timestamp, b"".join(pending.parts), pending.truncated, out)
-
-    def _emit(self, stream: str, ts: str, body: bytes, truncated: bool, out: list[Record]) -> None:
-        resume = self._resume.get(stream)
-        if resume is not None:
-            if ts < resume.timestamp:
-                self.skipped += 1
-                return
-            if ts == resume.timestamp and resume.count > 0:
-                resume.count -= 1
-                self.skipped += 1
-                return
-            if ts > resume.timestamp:
-                del self._resume[stream]
-        if truncated:
-            self.truncated += 1
-        out.append(Record("log", ts, self.meta, stream, body.decode("utf-8", "replace"), truncated))
-
-
-def advance(positions: dict[str, Position], records: list[Record]) -> None:
-    """Moves each stream's position to the end of ``records`` (delivered in this order)."""
-    streams = list(map(_stream_of, records))
-    streams.reverse()
-    last = len(records) - 1
-    for stream in ("stdout", "stderr"):
-        try:
-            i = last - streams.index(stream)  # the stream's last record (C speed)
-        except ValueError:
-            continue
-        ts = records[i].timestamp
-        count = 0
-        j = i
-        while j >= 0:
-            other = records[j]
-            if other.stream == stream:
-                if other.timestamp != ts:
-                    break
-                count += 1
-            j -= 1
-        if j < 0:
-            # Every line of this stream in the batch shares the timestamp: continue the
-            # count of the previous batch when it ended on the same timestamp.
-            prev = positions.get(stream)
-            if prev is not None and prev.timestamp == ts:
-                count += prev.count
-        positions[stream] = Position(ts, count)

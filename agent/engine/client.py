@@ -19,7 +19,7 @@ import aiodocker
 import aiohttp
 import orjson
 
-from agent.httpstream import HttpStatusError, HttpStreamError, open_stream
+from agent.engine.httpstream import HttpStatusError, HttpStreamError, open_stream
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
@@ -43,11 +43,16 @@ class NotFound(EngineError):
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 
+def status_error(what: str, status: int, message: str) -> EngineError:
+    """The engine's error answer as ours: 404, and 409 on logs ("dead or marked for
+    removal"), mean the container is gone for our purposes."""
+    cls = NotFound if status in (404, 409) else EngineError
+    return cls(f"{what}: {status} {message}", status)
+
+
 def _translate(exc: BaseException, what: str) -> EngineError:
     if isinstance(exc, aiodocker.DockerError):
-        # 409 on logs: "dead or marked for removal", i.e. gone for our purposes.
-        cls = NotFound if exc.status in (404, 409) else EngineError
-        return cls(f"{what}: {exc.status} {exc.message}", exc.status)
+        return status_error(what, exc.status, exc.message)
     return EngineError(f"{what}: {type(exc).__name__}: {exc}")
 
 
@@ -190,9 +195,7 @@ class Engine:
             path = f"/{self.docker.api_version}/containers/{container_id}/logs"
             raw = await open_stream(address, path, params, limit=_READ_BUFSIZE)
         except HttpStatusError as exc:
-            # 409 on logs: "dead or marked for removal", i.e. gone for our purposes.
-            cls = NotFound if exc.status in (404, 409) else EngineError
-            raise cls(f"{what}: {exc.status} {exc.message}", exc.status) from exc
+            raise status_error(what, exc.status, exc.message) from exc
         except HttpStreamError as exc:
             raise EngineError(f"{what}: {exc}") from exc
         except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import orjson
 
 from agent.record import Record
-from exporters.formats import Encoded, ts_seconds_ns
+from exporters.http.formats import Encoded, ts_seconds_ns
 
 _dumps = orjson.dumps
 

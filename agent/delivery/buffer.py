@@ -21,10 +21,11 @@ from pathlib import Path
 import orjson
 import structlog
 
+from agent.fsutil import atomic_write
 from agent.record import ContainerMeta, Record
 from agent.speedups import encode_ndjson
 
-log = structlog.get_logger("agent.buffer")
+log = structlog.get_logger("agent.delivery.buffer")
 
 SEGMENT_SUFFIX = ".seg"
 CURSOR = "cursor.json"
@@ -298,16 +299,8 @@ class DiskBuffer:
         self._save_cursor()
 
     def _save_cursor(self) -> None:
-        tmp = self.dir / (CURSOR + ".tmp")
         body = orjson.dumps({"segment": self._read_seg, "offset": self._read_off})
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, body)
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.dir / CURSOR)
+        atomic_write(self.dir / CURSOR, body, self.fsync)
 
     def close(self) -> None:
         if self._write_fd is not None:

@@ -227,20 +227,20 @@ def make_encoder(config: Any) -> Encoder:
     """The encoder for an http exporter's ``format`` (and its per-format options)."""
     fmt = config.format
     if fmt == "ndjson":
-        from exporters.formats.ndjson import NdjsonEncoder
+        from exporters.http.formats.ndjson import NdjsonEncoder
 
         return NdjsonEncoder()
     if fmt == "loki":
-        from exporters.formats.loki import LokiEncoder
+        from exporters.http.formats.loki import LokiEncoder
 
         return LokiEncoder(config.loki.labels, config.loki.line_format)
     if fmt == "elasticsearch":
-        from exporters.formats.elasticsearch import ElasticsearchEncoder
+        from exporters.http.formats.elasticsearch import ElasticsearchEncoder
 
         es = config.elasticsearch
         return ElasticsearchEncoder(es.index, es.action)
     if fmt == "otlp":
-        from exporters.formats.otlp import OtlpEncoder
+        from exporters.http.formats.otlp import OtlpEncoder
 
         return OtlpEncoder(config.otlp.container_labels)
     raise ValueError(f"unknown format {fmt!r}")

@@ -12,15 +12,14 @@ import asyncio
 import collections
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent.docker import Engine, EngineError
+from agent.engine.client import Engine, EngineError
 from agent.filters import ContainerFilter
-from agent.inventory import Inventory
-from agent.logs import LogFollowers
-from agent.logstream import Position
+from agent.metrics.inventory import Inventory
+from agent.positions import Position
 from agent.record import (
     ContainerMeta,
     Record,
@@ -28,9 +27,12 @@ from agent.record import (
     normalize_timestamp,
     timestamp_to_unix,
 )
-from agent.retry import Backoff
+from agent.retry import Backoff, Retry
 
-log = structlog.get_logger("agent.discovery")
+if TYPE_CHECKING:
+    from agent.sources.followers import LogFollowers
+
+log = structlog.get_logger("agent.engine.discovery")
 
 _RECENT_EVENTS = 20_000
 _REPLAY_MARGIN_NS = 2_000_000_000
@@ -73,7 +75,7 @@ class Discovery:
 
     async def run(self, first: dict[str, Any] | None = None) -> None:
         """Runs until cancelled. ``first`` is the ``/info`` answer the runtime already got."""
-        attempt = 0
+        retry = Retry(self.backoff)
         lost_at: float | None = None
         while True:
             try:
@@ -89,7 +91,7 @@ class Discovery:
                         containers=self.followers.followed,
                     )
                     lost_at = None
-                attempt = 0
+                retry.reset()
                 await self._events()
                 raise EngineError("event stream ended")
             except EngineError as exc:
@@ -98,9 +100,7 @@ class Discovery:
                 if lost_at is None:
                     lost_at = time.monotonic()
                     log.warning("engine_lost", host=self.engine.host, error=str(exc))
-                delay = self.backoff.delay(attempt)
-                attempt += 1
-                await asyncio.sleep(delay)
+                await retry.wait()
 
     async def _connect(self, info: dict[str, Any], initial: bool) -> None:
         if not self._last_event_ns:

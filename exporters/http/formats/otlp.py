@@ -37,7 +37,7 @@ import orjson
 
 from agent import __version__
 from agent.record import ContainerMeta, Record
-from exporters.formats import Encoded, any_value, grouped, ts_to_ns_text
+from exporters.http.formats import Encoded, any_value, grouped, ts_to_ns_text
 
 _dumps = orjson.dumps
 SCOPE = {"name": "container-agent", "version": __version__}

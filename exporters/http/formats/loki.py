@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import orjson
 
 from agent.record import ContainerMeta, Record
-from exporters.formats import Encoded, grouped, ts_to_ns_text
+from exporters.http.formats import Encoded, grouped, ts_to_ns_text
 
 DEFAULT_LABELS = ["container_name", "stream", "host", "project", "service"]
 # Record fields a label can take its value from; ``label.<key>`` takes a container label.

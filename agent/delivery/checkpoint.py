@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ from typing import Any
 import orjson
 import structlog
 
-from agent.logstream import FileMark, Position
+from agent.fsutil import atomic_write
+from agent.positions import FileMark, Position
 
 log = structlog.get_logger("agent.checkpoint")
 
@@ -136,19 +136,7 @@ class CheckpointStore:
             return False
         t0 = time.perf_counter()
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(FILE_NAME + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(self.path, body)
         self._last = body
         self.writes += 1
         self.write_seconds += time.perf_counter() - t0

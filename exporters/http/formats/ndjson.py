@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from agent.record import Record
-from exporters.formats import Encoded
+from exporters.http.formats import Encoded
 
 
 class NdjsonEncoder:

@@ -1,0 +1,108 @@
+"""Fan-out of record batches to exporters, one bounded queue and one worker per exporter.
+
+A reader's ``send`` returns once every exporter that wants the batch has queued it (or
+dropped it, under ``drop_newest``). A slow exporter only slows the readers whose records
+it holds, and only once its queue is full. The checkpoint is what every durable exporter
+has accepted (``delivered``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from agent.delivery.runner import ExporterRunner
+from agent.positions import FileMark, Position
+from agent.record import Record
+
+
+class Pipeline:
+    """Readers call ``send``; the pipeline hands each batch to every interested exporter."""
+
+    def __init__(self, runners: Sequence[ExporterRunner]) -> None:
+        self.runners = list(runners)
+        self._takers = [r for r in self.runners if r.exporter.accepts_records]
+        self.accepting = True
+
+    async def start(self) -> None:
+        for runner in self.runners:
+            if runner.buffer is not None:
+                await asyncio.to_thread(runner.buffer.open)
+            await runner.exporter.start()
+        for runner in self.runners:
+            runner.start()
+
+    async def send(self, batch: list[Record]) -> None:
+        if not batch:
+            return
+        waits = []
+        for runner in self._takers:
+            part = runner.wants(batch)
+            if not part:
+                continue
+            if runner.queue.has_room() or runner.config.when_full == "drop_newest":
+                await runner.put(part)  # returns at once
+            else:
+                waits.append(runner.put(part))
+        if waits:
+            # Queue where there is room first; then wait for every full queue together.
+            await asyncio.gather(*waits)
+
+    def delivered(
+        self, metas: dict[str, Any]
+    ) -> tuple[dict[str, dict[str, Position]], dict[str, FileMark]] | None:
+        """Per container and stream, the lowest position every durable exporter that takes
+        the container has accepted, and the earliest of their file marks; None when no
+        exporter is durable (then what was read and queued is the checkpoint). A stream
+        (or mark) some durable exporter has not accepted anything of yet is left out (its
+        previous checkpoint stands)."""
+        durable = [r for r in self._takers if r.durable]
+        if not durable:
+            return None
+        out: dict[str, dict[str, Position]] = {}
+        marks: dict[str, FileMark] = {}
+        for cid in set().union(*(r.acked for r in durable)):
+            meta = metas.get(cid)
+            holders = [
+                r
+                for r in durable
+                if meta is None
+                or r.config.containers.everything
+                or r.config.containers.accepts(meta)
+            ]
+            per: dict[str, Position] = {}
+            for stream in ("stdout", "stderr"):
+                best: Position | None = None
+                for r in holders:
+                    pos = r.acked.get(cid, {}).get(stream)
+                    if pos is None:
+                        best = None
+                        break
+                    if best is None or (pos.timestamp, pos.count) < (best.timestamp, best.count):
+                        best = pos
+                if best is not None:
+                    per[stream] = best
+            if per:
+                out[cid] = per
+            held = [r.marks.get(cid) for r in holders]
+            if held and all(m is not None for m in held):
+                marks[cid] = min(held, key=FileMark.key)  # type: ignore[arg-type]
+        return out, marks
+
+    def forget(self, keep: set[str]) -> None:
+        """Drops acknowledgement state of containers no longer known."""
+        for r in self.runners:
+            for cid in [c for c in r.acked if c not in keep]:
+                del r.acked[cid]
+            for cid in [c for c in r.marks if c not in keep]:
+                del r.marks[cid]
+
+    async def close(self, drain_seconds: float) -> None:
+        """Drains every exporter within ``drain_seconds`` overall, then closes them."""
+        self.accepting = False
+        deadline = time.monotonic() + drain_seconds
+        await asyncio.gather(*(r.drain(deadline) for r in self.runners))
+        for runner in self.runners:
+            await runner.stop()

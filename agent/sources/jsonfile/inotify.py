@@ -1,0 +1,188 @@
+"""The inotify binding: one descriptor and one watcher thread per source, shared by every
+container's tail. (ctypes over libc's three calls; see docs/design.md on why no library.)"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import select
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("agent.sources.jsonfile")
+
+IN_MODIFY = 0x00000002
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+IN_ONESHOT = 0x80000000
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")
+
+_DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+_FILE_MASK = IN_MODIFY | IN_ONESHOT
+
+_libc: Any = None
+
+
+def _load_libc() -> Any:
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        lib.inotify_init1.argtypes = [ctypes.c_int]
+        lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+        _libc = lib
+    return _libc
+
+
+Handler = Callable[[int, bytes], None]
+
+
+class Inotify:
+    """One inotify descriptor and the thread that reads it, shared by a source's readers.
+
+    Handlers run in that thread, in event order, so that a rotated file is opened within
+    about one GIL switch interval (5 ms) of its creation even while the event loop is busy
+    for longer (decoding a chunk, an exporter encoding a batch): a file that is open cannot
+    be rotated away. The thread is the only reader of the descriptor; ``call`` runs a
+    function in it (between two batches of events) and returns its result to the loop.
+    ``mask`` has ``IN_Q_OVERFLOW`` when the kernel's queue overflowed (events were lost).
+    """
+
+    def __init__(self) -> None:
+        lib = _load_libc()
+        fd = lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"inotify_init1: {os.strerror(e)}")
+        self.fd = fd
+        self.loop = asyncio.get_running_loop()
+        self.handlers: dict[int, Handler] = {}
+        self.lock = threading.Lock()  # guards ``handlers``
+        self.users = 0
+        self.overflows = 0
+        self.dirty: set[Any] = set()  # readers whose directory changed: scan after the batch
+        self._calls: collections.deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
+            collections.deque()
+        )
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="inotify", daemon=True)
+        self._thread.start()
+
+    def add(self, path: str, mask: int, handler: Handler) -> int:
+        with self.lock:
+            wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+            if wd < 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e), path)
+            self.handlers[wd] = handler
+        return wd
+
+    def remove(self, wd: int, handler: Handler) -> None:
+        with self.lock:
+            if self.handlers.get(wd) == handler:  # (bound methods are equal, not identical)
+                del self.handlers[wd]
+                _libc.inotify_rm_watch(self.fd, wd)  # EINVAL if a one-shot fired: fine
+
+    def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Runs ``fn`` in the watcher thread; the future (on the loop) gets its result."""
+        fut = self.loop.create_future()
+        self._calls.append((fn, fut))
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"c")
+        return fut
+
+    def to_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping:
+            poller.poll()
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+            self.drain()
+            while self.dirty:
+                tail = self.dirty.pop()
+                try:
+                    tail.scan_now()
+                except Exception as exc:  # never end the thread; the reader polls meanwhile
+                    log.warning("log_file_scan_failed", error=repr(exc))
+            while self._calls:
+                fn, fut = self._calls.popleft()
+                try:
+                    result: Any = fn()
+                except Exception as exc:
+                    self.to_loop(_set_exception, fut, exc)
+                else:
+                    self.to_loop(_set_result, fut, result)
+
+    def drain(self) -> None:
+        """Reads and dispatches every queued event (in the watcher thread only)."""
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            off = 0
+            n = len(data)
+            while off + 16 <= n:
+                wd, mask, _cookie, size = _EVENT.unpack_from(data, off)
+                name = data[off + 16 : off + 16 + size].rstrip(b"\0")
+                off += 16 + size
+                if mask & IN_Q_OVERFLOW:
+                    self.overflows += 1
+                    with self.lock:
+                        handlers = list(self.handlers.values())
+                else:
+                    with self.lock:
+                        handler = self.handlers.get(wd)
+                        if mask & IN_IGNORED:
+                            self.handlers.pop(wd, None)
+                    handlers = [handler] if handler is not None else []
+                for handler in handlers:
+                    try:
+                        handler(mask, name)
+                    except Exception as exc:  # never end the thread over one reader
+                        log.warning("inotify_handler_failed", error=repr(exc))
+
+    def close(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"s")
+        self._thread.join(timeout=5)
+        for fd in (self.fd, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.handlers.clear()
+
+
+def _set_result(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
