@@ -1,12 +1,17 @@
-# container-agent: `make run`, `make test`, `make bench`. Everything runs from .venv.
+# container-agent: `make run`, `make test`, `make bench`; `make help` lists every target.
+# Everything runs from .venv.
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ENGINE_DIR ?= /tmp/container-agent-engine
 export CA_ENGINE_DIR := $(ENGINE_DIR)
+TEST_HOST = CA_TEST_DOCKER_HOST=$$(scripts/test-engine.sh host "$(ENGINE_DIR)")
 
-.PHONY: run test unit integration bench lint docs engine engine-stop tools clean
+.PHONY: help venv run test unit integration lint typecheck bench docs engine engine-stop tools clean
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # setup.py and the C file: the optional extension agent/_speedups.c is built in place.
 $(BIN)/container-agent: pyproject.toml setup.py agent/_speedups.c
@@ -15,47 +20,48 @@ $(BIN)/container-agent: pyproject.toml setup.py agent/_speedups.c
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-venv: $(BIN)/container-agent
+venv: $(BIN)/container-agent ## create .venv and install the agent (editable) with the dev tools
 
-run: venv
+run: venv ## run the agent (CONFIG=file.yaml to pass a config; default: records to ./var)
 	mkdir -p var
 	$(BIN)/container-agent run $(if $(CONFIG),--config $(CONFIG))
 
-engine:
+engine: ## start the private test engine (scripts/test-engine.sh)
 	scripts/test-engine.sh start "$(ENGINE_DIR)"
 
-engine-stop:
+engine-stop: ## stop the private test engine
 	scripts/test-engine.sh stop "$(ENGINE_DIR)"
 
 # Tools the tests use besides the engine: Debian's prometheus server and a helm binary.
-tools:
+tools: ## install the tools the tests need besides the engine (prometheus, helm)
 	@command -v prometheus >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 	scripts/install-helm.sh
 
-# The whole suite: unit tests, then integration tests against the private test engine.
-test: venv engine tools
-	$(BIN)/ruff check agent exporters tests bench
-	CA_TEST_DOCKER_HOST=$$(scripts/test-engine.sh host "$(ENGINE_DIR)") \
-	  $(BIN)/pytest -q -p no:cacheprovider tests
+test: venv engine tools lint typecheck ## everything CI runs: linters, types, unit and integration tests
+	$(TEST_HOST) $(BIN)/pytest -q -p no:cacheprovider tests
 
-unit: venv
-	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+unit: venv ## the unit tests alone (no engine needed)
+	$(BIN)/pytest -q -p no:cacheprovider -m "not integration" tests
+
+integration: venv engine tools ## the tests against the private test engine
+	$(TEST_HOST) $(BIN)/pytest -q -p no:cacheprovider -m integration tests
+
+lint: venv ## ruff, and the import layers (import-linter)
+	$(BIN)/ruff check agent exporters tests bench
+	$(BIN)/lint-imports
+
+typecheck: venv ## mypy on agent/ and exporters/
+	$(BIN)/mypy
 
 # Long runs, not timed tests: throughput vs the raw logs-API floor, idle footprint, demux,
 # stats at 100 containers, http vs file; then the json-file source vs API vs floor.
-bench: venv engine
-	CA_TEST_DOCKER_HOST=$$(scripts/test-engine.sh host "$(ENGINE_DIR)") \
-	  $(BIN)/python -m bench.run_all
-	CA_TEST_DOCKER_HOST=$$(scripts/test-engine.sh host "$(ENGINE_DIR)") \
-	  $(BIN)/python -m bench.files
+bench: venv engine ## the benchmarks (docs/benchmarks.md)
+	$(TEST_HOST) $(BIN)/python -m bench.run_all
+	$(TEST_HOST) $(BIN)/python -m bench.files
 
-lint: venv
-	$(BIN)/ruff check agent exporters tests bench
+docs: venv ## regenerate the config reference in docs/configuration.md
+	$(BIN)/python scripts/update-config-reference.py
 
-# Regenerates the config reference in README.md from agent/config.py.
-docs: venv
-	$(BIN)/python scripts/update-readme-reference.py
-
-clean:
+clean: ## remove .venv, the tools and ./var
 	rm -rf $(VENV) .tools var

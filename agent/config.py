@@ -274,7 +274,9 @@ def _default_text(info: FieldInfo) -> str:
     return f"`{info.default}`"
 
 
-def _rows(model: type[BaseModel], prefix: str, skip: set[str] = frozenset()) -> list[str]:
+def _rows(
+    model: type[BaseModel], prefix: str, skip: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
     rows = []
     for name, info in model.model_fields.items():
         if name in skip:
@@ -295,20 +297,20 @@ def reference_markdown() -> str:
     """The config reference table, generated from the models (kept in the README)."""
     exporters.load_all()
     head = ["| key | type | default | doc |", "|---|---|---|---|"]
-    lines = ["### Top level", "", *head]
+    lines = ["## Top level", "", *head]
     lines += _rows(Config, "", skip={"exporters"})
     lines += [
         "| `exporters` | mapping | `records: {type: file, path: ./var/records.ndjson}`, "
         "`metrics: {type: prometheus, listen: 127.0.0.1:9811}` | "
         f"{Config.model_fields['exporters'].description} |",
         "",
-        "### Every exporter",
+        "## Every exporter",
         "",
         *head,
         *_rows(ExporterConfig, "exporters.NAME."),
     ]
     shared = set(ExporterConfig.model_fields) - {"type"}
     for type_name, cls in sorted(REGISTRY.items()):
-        lines += ["", f"### `type: {type_name}`", "", *head]
+        lines += ["", f"## `type: {type_name}`", "", *head]
         lines += _rows(cls.config_class, "exporters.NAME.", skip=shared | {"type"})
     return "\n".join(lines) + "\n"

@@ -129,7 +129,7 @@ class DiskBuffer:
             with open(self._path(s), "rb") as f:
                 if s == self._read_seg:
                     f.seek(self._read_off)
-                for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                while chunk := f.read(1 << 20):
                     n += chunk.count(b"\n")
         return n
 

@@ -86,9 +86,9 @@ class Pipeline:
                     per[stream] = best
             if per:
                 out[cid] = per
-            held = [r.marks.get(cid) for r in holders]
-            if held and all(m is not None for m in held):
-                marks[cid] = min(held, key=FileMark.key)  # type: ignore[arg-type]
+            held = [m for r in holders if (m := r.marks.get(cid)) is not None]
+            if held and len(held) == len(holders):
+                marks[cid] = min(held, key=FileMark.key)
         return out, marks
 
     def forget(self, keep: set[str]) -> None:

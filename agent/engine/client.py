@@ -73,10 +73,10 @@ def _client(host: str) -> aiodocker.Docker:
         docker._connection_info = host  # error messages name the real socket
         return docker
     if host.startswith(("tcp://", "http://")) and os.environ.get("DOCKER_TLS_VERIFY") != "1":
-        connector = aiohttp.TCPConnector(limit=0)
-        session = aiohttp.ClientSession(connector=connector, read_bufsize=_READ_BUFSIZE)
+        tcp = aiohttp.TCPConnector(limit=0)
+        session = aiohttp.ClientSession(connector=tcp, read_bufsize=_READ_BUFSIZE)
         url = "http://" + host.split("://", 1)[1]
-        return aiodocker.Docker(url=url, connector=connector, session=session)
+        return aiodocker.Docker(url=url, connector=tcp, session=session)
     return aiodocker.Docker(url=host)  # TLS and other schemes: aiodocker's own set-up
 
 

@@ -155,7 +155,7 @@ class StatsCollector:
                 self.errors += 1
                 log.debug("stats_failed", container=info.meta.name, error=str(exc))
                 return None
-        if info.state != "running":
+        if sample is None or info.state != "running":
             return None  # died while being read
         info.cpu_percent = cpu_percent(info.stats, sample)
         info.stats = sample

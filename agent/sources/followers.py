@@ -9,6 +9,7 @@ shutdown.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -83,7 +84,7 @@ class LogFollowers:
         self.inventory.get(self.metas[cid]).log_source = self.source.name
         task = asyncio.create_task(reader.run(), name=f"logs:{meta.name}")
         self._tasks[cid] = task
-        task.add_done_callback(lambda t, cid=cid: self._done(cid, t))
+        task.add_done_callback(functools.partial(self._done, cid))
 
     def _done(self, container_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(container_id, None)

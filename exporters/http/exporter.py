@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,7 @@ class HttpExporter(Exporter):
         if len(runs) == 1 and len(batch) < cfg.max_records:
             await self._linger(began)
 
-    async def _payloads(self, encoded: Encoded, runs: list[range]) -> AsyncIterator[bytes]:
+    async def _payloads(self, encoded: Encoded, runs: list[range]) -> AsyncGenerator[bytes, None]:
         """Compressed bodies of ``runs`` in order, each one prepared while the previous
         request is in flight."""
         ahead: asyncio.Task[bytes] | None = None

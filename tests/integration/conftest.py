@@ -26,6 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("CA_TEST_IMAGE", "ca-busybox:latest")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration/ needs the test engine: marked ``integration``,
+    so that ``pytest -m "not integration"`` runs the unit tests alone."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def engine_host() -> str:
     host = os.environ.get("CA_TEST_DOCKER_HOST")
@@ -187,3 +196,22 @@ def engine_script(*args: str) -> str:
     )
     lines = out.stdout.strip().splitlines()
     return lines[-1] if lines else ""
+
+
+@pytest.fixture
+async def own_engine() -> AsyncIterator[tuple[str, str]]:
+    """A private engine of the test's own (it may be stopped and restarted)."""
+    directory = "/tmp/container-agent-engine-restart"
+    host = engine_script("start", directory).removeprefix("DOCKER_HOST=")
+    try:
+        yield directory, host
+    finally:
+        docker = aiodocker.Docker(url=host)
+        try:
+            for c in await docker.containers.list(all=True):
+                await c.delete(force=True)
+        except (aiodocker.DockerError, OSError):
+            pass
+        finally:
+            await docker.close()
+        await asyncio.to_thread(engine_script, "stop", directory)

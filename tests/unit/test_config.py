@@ -98,10 +98,10 @@ def test_filters() -> None:
     assert not ContainerFilter.model_validate({"exclude": {"label": ["tier"]}}).accepts(m)
 
 
-def test_readme_reference_is_generated_from_the_declaration() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_reference_is_generated_from_the_declaration() -> None:
+    readme = (ROOT / "docs" / "configuration.md").read_text()
     match = re.search(
         r"<!-- config-reference:start -->\n(.*)<!-- config-reference:end -->", readme, re.S
     )
-    assert match, "README.md lacks the config reference markers"
+    assert match, "docs/configuration.md lacks the config reference markers"
     assert match.group(1) == reference_markdown(), "run `make docs` to regenerate it"

@@ -237,7 +237,7 @@ class FileChain:
         None: a name changed under the scan, scan again."""
         if not self.files:
             self.created = 0
-            first = []
+            first: list[_File] = []
             for k in range(len(inodes) - 1, -1, -1):
                 f = self._open(inodes[k], -k)
                 if f is None:

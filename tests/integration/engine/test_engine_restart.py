@@ -9,30 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import aiodocker
-import pytest
 
 from tests.integration.conftest import Containers, engine_script
-
-
-@pytest.fixture
-async def own_engine() -> AsyncIterator[tuple[str, str]]:
-    directory = "/tmp/container-agent-engine-restart"
-    host = engine_script("start", directory).removeprefix("DOCKER_HOST=")
-    try:
-        yield directory, host
-    finally:
-        docker = aiodocker.Docker(url=host)
-        try:
-            for c in await docker.containers.list(all=True):
-                await c.delete(force=True)
-        except (aiodocker.DockerError, OSError):
-            pass
-        finally:
-            await docker.close()
-        await asyncio.to_thread(engine_script, "stop", directory)
 
 
 async def test_engine_restart_loses_and_duplicates_nothing(start_agent, containers, own_engine):

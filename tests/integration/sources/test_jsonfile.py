@@ -18,10 +18,7 @@ import aiodocker
 import pytest
 from structlog.testing import capture_logs
 
-from tests.integration import test_engine_restart
-from tests.integration.conftest import Containers
-
-own_engine = test_engine_restart.own_engine  # a private engine that may be stopped
+from tests.integration.conftest import Containers, engine_script
 
 MIXED = (
     'echo hello; echo oops >&2; head -c 40000 /dev/zero | tr "\\0" a; echo; '
@@ -245,9 +242,9 @@ async def test_engine_restart_with_files(start_agent, containers, own_engine) ->
         ids = [await mine.run(script) for _ in range(2)]
         await agent.wait_for(lambda: all(len(agent.logs(c)) > 100 for c in ids), what="output")
         assert all(source_of(agent, c) == "files" for c in ids)
-        await asyncio.to_thread(test_engine_restart.engine_script, "stop", directory)
+        await asyncio.to_thread(engine_script, "stop", directory)
         await asyncio.sleep(1.0)
-        await asyncio.to_thread(test_engine_restart.engine_script, "start", directory)
+        await asyncio.to_thread(engine_script, "start", directory)
         for cid in ids:
             await mine.wait(cid, timeout=60)
         await agent.wait_for(

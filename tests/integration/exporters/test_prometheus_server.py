@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.test_metrics import free_port
+from tests.integration.helpers import free_port
 
 
 @pytest.fixture

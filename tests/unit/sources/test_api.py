@@ -11,7 +11,7 @@ from agent.positions import Position, advance
 from agent.record import ContainerMeta, Record
 from agent.sources.api.decoder import LogDecoder
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 TS = "2026-11-28T10:11:45.589604852Z"
 
 

@@ -11,8 +11,7 @@ import orjson
 
 from tests.http_receiver import Answer, Receiver
 from tests.integration.conftest import Containers
-from tests.integration.test_engine_restart import own_engine  # noqa: F401 - a fixture
-from tests.integration.test_http import FAST_RETRY, numbered, until
+from tests.integration.helpers import FAST_RETRY, numbered, until
 
 
 def delivered(receiver: Receiver) -> dict[str, list[str]]:
@@ -39,7 +38,7 @@ def http_config(receiver: Receiver) -> dict:
 async def test_engine_restart_while_the_backend_is_down(
     start_agent,
     containers,
-    own_engine,  # noqa: F811
+    own_engine,
 ) -> None:
     directory, host = own_engine
     from tests.integration.conftest import engine_script

@@ -26,7 +26,7 @@ from agent.sources.jsonfile.inotify import IN_CLOEXEC, _load_libc
 from agent.sources.jsonfile.seek import first_offset_at_or_after
 from agent.sources.jsonfile.source import JsonFileLogSource
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 CID = "f" * 64
 
 

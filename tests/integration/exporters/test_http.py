@@ -9,7 +9,7 @@ import asyncio
 import collections
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,9 @@ from structlog.testing import capture_logs
 from exporters.http import HttpExporter
 from tests.http_receiver import Answer, Got, Receiver, bulk_items
 from tests.integration.conftest import IMAGE
+from tests.integration.helpers import FAST_RETRY, numbered, until
 
 COMPOSE = {"com.docker.compose.project": "shop", "com.docker.compose.service": "web"}
-FAST_RETRY = {"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.3}
-
-
-def numbered(tag: str, n: int, every: int = 100, pause_us: int = 50_000) -> str:
-    """A script printing ``<tag> <i>`` for i in 0..n-1, pausing every ``every`` lines."""
-    return (
-        f'i=0; while [ $i -lt {n} ]; do echo "{tag} $i"; i=$((i+1)); '
-        f"[ $((i % {every})) -eq 0 ] && usleep {pause_us}; done"
-    )
 
 
 @pytest.fixture
@@ -56,14 +48,6 @@ def messages_by_container(records: list[dict[str, Any]]) -> dict[str, list[str]]
         if r["kind"] == "log":
             out[r["container_id"]].append(r["message"])
     return out
-
-
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("buffer", ["memory", "disk"])

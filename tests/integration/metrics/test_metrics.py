@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import aiohttp
@@ -13,12 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.metrics.inventory import Inventory
 from agent.metrics.stats import ApiStatsSource, CgroupStatsSource
 from agent.record import ContainerMeta
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.integration.helpers import free_port
 
 
 async def scrape(port: int, accept: str | None = None) -> tuple[str, str]:

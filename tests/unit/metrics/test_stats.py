@@ -15,7 +15,7 @@ from agent.metrics.inventory import Inventory
 from agent.metrics.sample import StatsSample, cpu_percent, parse_api_stats
 from agent.record import ContainerMeta
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 # Built from the Engine API documentation's example for a cgroup v2 host (API 1.41+).
 V2_PAYLOAD = {
