@@ -30,6 +30,11 @@ from agent.speedups import speedups
 _CRLF = b"\r\n"
 _HEAD_LIMIT = 64 << 10  # response headers larger than this are not the engine's
 _ERROR_BODY_LIMIT = 64 << 10
+# The largest chunk accepted. The engine sends one log message per chunk (16 KiB of line
+# at most, or what a TTY container wrote at once); a larger size is not the engine's.
+MAX_CHUNK_BYTES = 16 << 20
+HEADER_TIMEOUT_SECONDS = 30.0  # the engine answers a logs request's headers at once
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 class HttpStreamError(Exception):
@@ -167,11 +172,7 @@ def _dechunk_each(raw: bytes) -> tuple[list[bytes], int, bool]:
             if len(raw) - pos > 64:
                 raise HttpStreamError("malformed chunked body: no chunk size line")
             return out, pos, False
-        line = raw[pos:nl].split(b";", 1)[0].strip()
-        try:
-            size = int(line, 16)
-        except ValueError:
-            raise HttpStreamError(f"malformed chunk size {line[:20]!r}") from None
+        size = _chunk_size(raw[pos:nl])
         start = nl + 2
         if size == 0:
             # The last chunk; trailers (never sent by the engine) end with an empty line.
@@ -188,6 +189,27 @@ def _dechunk_each(raw: bytes) -> tuple[list[bytes], int, bool]:
         pos = end + 2
 
 
+def _chunk_size(line: bytes) -> int:
+    """A chunk size line's size (hex digits, then an optional ``;extension``). Anything
+    else, a negative size among them, is a malformed response: never a loop."""
+    digits = line.split(b";", 1)[0].strip()
+    if not digits or len(digits) > 16 or not _HEX.issuperset(digits):
+        raise HttpStreamError(f"malformed chunk size {digits[:20]!r}")
+    size = int(digits, 16)
+    if size > MAX_CHUNK_BYTES:
+        raise HttpStreamError(f"chunk of {size} bytes: larger than {MAX_CHUNK_BYTES}")
+    return size
+
+
+def _chunk_need(raw: bytes) -> int:
+    """How many bytes ``raw`` must hold before its first chunk is complete (0: unknown
+    until more of the size line arrives)."""
+    nl = raw.find(_CRLF)
+    if nl < 0:
+        return 0
+    return nl + 2 + _chunk_size(raw[:nl]) + 2
+
+
 class HttpStream:
     """One ``GET`` whose body is read as it arrives; ``read()`` until it returns b""."""
 
@@ -199,6 +221,8 @@ class HttpStream:
         length = headers.get("content-length")
         self._left = int(length) if length and length.isdigit() and not self._chunked else None
         self._done = False
+        self._more: list[bytes] = []  # receives not yet joined to ``_raw``
+        self._more_size = 0
 
     async def read(self) -> bytes:
         """The next part of the body (at least one byte), b"" at its end. Raises
@@ -234,6 +258,15 @@ class HttpStream:
                 if self._chunked or self._left:
                     raise HttpStreamError("connection closed in the middle of the response")
                 break  # a body delimited by the end of the connection
+            if self._chunked and self._raw:
+                # An incomplete chunk waits: gather receives until it can be whole, so that
+                # a large chunk is joined once, not again at every receive.
+                self._more.append(more)
+                self._more_size += len(more)
+                if len(self._raw) + self._more_size < _chunk_need(self._raw):
+                    continue
+                more = b"".join(self._more)
+                self._more, self._more_size = [], 0
             self._raw = self._raw + more if self._raw else more
         self._done = True
         return []
@@ -256,10 +289,12 @@ async def open_stream(
     params: dict[str, str],
     limit: int = 1 << 20,
     connect_timeout: float = 10.0,
+    header_timeout: float = HEADER_TIMEOUT_SECONDS,
 ) -> HttpStream:
     """Sends ``GET path?params`` to a unix socket (a path) or a TCP (host, port) and returns
-    once the response's headers are in. A status other than 2xx raises HttpStatusError with
-    the engine's message."""
+    once the response's headers are in (within ``header_timeout``: an engine, or a proxy,
+    that accepts and never answers must not hang a reader). A status other than 2xx raises
+    HttpStatusError with the engine's message."""
     loop = asyncio.get_running_loop()
     conn = _Receiver(limit)
     try:
@@ -278,13 +313,17 @@ async def open_stream(
     try:
         conn.transport.write(_request(host_header, path, params))
         buf = b""
-        while (end := buf.find(b"\r\n\r\n")) < 0:
-            more = await conn.recv()
-            if not more:
-                raise HttpStreamError("connection closed before the response")
-            buf += more
-            if len(buf) > _HEAD_LIMIT and buf.find(b"\r\n\r\n") < 0:
-                raise HttpStreamError("response headers too large")
+        try:
+            async with asyncio.timeout(header_timeout):
+                while (end := buf.find(b"\r\n\r\n")) < 0:
+                    more = await conn.recv()
+                    if not more:
+                        raise HttpStreamError("connection closed before the response")
+                    buf += more
+                    if len(buf) > _HEAD_LIMIT and buf.find(b"\r\n\r\n") < 0:
+                        raise HttpStreamError("response headers too large")
+        except TimeoutError:
+            raise HttpStreamError(f"no response within {header_timeout} s") from None
         status_line, *lines = buf[:end].decode("latin-1").split("\r\n")
         parts = status_line.split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():

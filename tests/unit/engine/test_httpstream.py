@@ -163,3 +163,62 @@ async def test_not_http_is_an_error(tmp_path: Path) -> None:
     async with server:
         with pytest.raises(HttpStreamError, match="not an HTTP"):
             await open_stream(path, "/x", {})
+
+
+@pytest.mark.parametrize("size", [b"-6", b"-2", b"+5", b"0x5", b"1_0", b"-0"])
+def test_a_signed_or_prefixed_chunk_size_is_malformed_not_a_loop(size: bytes, impl: str) -> None:
+    """A broken engine or a proxy in front of it must not hang the agent: a chunk size
+    line of ``-6`` once made the de-chunking loop forever on the event loop."""
+    raw = chunked(b"ok\n", end=False) + size + b"\r\nXXXXXX\r\n" + chunked(b"next\n")
+    with pytest.raises(HttpStreamError, match="chunk size"):
+        dechunk(raw)
+
+
+def test_a_chunk_larger_than_the_bound_is_an_error(impl: str) -> None:
+    raw = b"%x\r\n" % (httpstream.MAX_CHUNK_BYTES + 1) + b"x" * 100
+    with pytest.raises(HttpStreamError, match="larger than"):
+        httpstream._chunk_need(raw)
+    with pytest.raises(HttpStreamError, match="larger than"):
+        httpstream._dechunk_each(raw + b"\r\n0\r\n\r\n")
+
+
+async def test_a_negative_chunk_size_from_the_socket_ends_the_stream(tmp_path: Path) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    path, server = await serve(tmp_path, head + chunked(b"first\n", end=False) + b"-6\r\nabc\r\n")
+    async with server:
+        stream = await open_stream(path, "/x", {})
+        got = b""
+        async with asyncio.timeout(5):
+            with pytest.raises(HttpStreamError, match="chunk size"):
+                while more := await stream.read():
+                    got += more
+        stream.close()
+    assert got in (b"", b"first\n")  # the chunks before the bad one may come first
+
+
+async def test_a_large_chunk_in_many_receives_is_joined_once(tmp_path: Path) -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB in one chunk, delivered in 400 pieces
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    path, server = await serve(tmp_path, head + chunked(b"a\n", big, b"z\n"), 400)
+    async with server:
+        stream = await open_stream(path, "/x", {})
+        got = []
+        while parts := await stream.read_parts():
+            got += parts
+        stream.close()
+    assert got == [b"a\n", big, b"z\n"]
+
+
+async def test_an_engine_that_never_answers_does_not_hang_the_reader(tmp_path: Path) -> None:
+    path = str(tmp_path / "silent.sock")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(30)  # accepted, never answered
+
+    server = await asyncio.start_unix_server(handle, path)
+    async with server:
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(HttpStreamError, match="no response within"):
+            await open_stream(path, "/x", {}, header_timeout=0.2)
+        assert asyncio.get_running_loop().time() - t0 < 2
