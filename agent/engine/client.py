@@ -19,7 +19,12 @@ import aiodocker
 import aiohttp
 import orjson
 
-from agent.engine.httpstream import HttpStatusError, HttpStreamError, open_stream
+from agent.engine.httpstream import (
+    HEADER_TIMEOUT_SECONDS,
+    HttpStatusError,
+    HttpStreamError,
+    open_stream,
+)
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
@@ -124,6 +129,7 @@ class Engine:
     def __init__(self, host: str) -> None:
         self.host = host
         self._docker: aiodocker.Docker | None = None
+        self.header_timeout = HEADER_TIMEOUT_SECONDS  # a logs request's answer, at most
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -193,7 +199,9 @@ class Engine:
         try:
             await self.docker._check_version()
             path = f"/{self.docker.api_version}/containers/{container_id}/logs"
-            raw = await open_stream(address, path, params, limit=_READ_BUFSIZE)
+            raw = await open_stream(
+                address, path, params, limit=_READ_BUFSIZE, header_timeout=self.header_timeout
+            )
         except HttpStatusError as exc:
             raise status_error(what, exc.status, exc.message) from exc
         except HttpStreamError as exc:

@@ -47,6 +47,7 @@ class ContainerInfo:
     log_bytes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     last_log_timestamp: str | None = None
     log_source: str = ""
+    log_read_failures: int = 0  # reads of its log that failed (each retried)
     inspected: bool = False
     stats: Any = None  # the newest agent.stats.StatsSample, while running
     cpu_percent: float | None = None

@@ -56,6 +56,7 @@ class LogFollowers:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._destroyed: set[str] = set()
         self.closed = False
+        self.unavailable = 0  # containers removed before any of their logs could be read
 
     @property
     def followed(self) -> int:
@@ -75,6 +76,7 @@ class LogFollowers:
         reader = self.readers.get(cid)
         if reader is not None:
             reader.rerun = True
+            reader.wake.set()  # a reader waiting in back-off tries again now
             return
         if not self.containers.accepts(meta):
             log.debug("container_excluded", container=meta.name)

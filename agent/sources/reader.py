@@ -1,8 +1,18 @@
 """One container's reader task: picks the container's source, reads it to the end of
-the container's output, re-reads after a reconnect or restart, and books each batch."""
+the container's output, re-reads after a reconnect or restart, and books each batch.
+
+A reader never gives up on a container that still exists: a failed read (the engine
+answering 5xx, a cut stream, no descriptor left) is retried with the retry policy's
+capped, jittered back-off for as long as inspect does not say the container is gone, and
+resumes from the delivered position (nothing lost, nothing twice). A read that made
+progress before it failed starts the back-off again from its first step. Discovery wakes
+a reader that waits in back-off when the engine comes back.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import operator
 from typing import TYPE_CHECKING
 
@@ -42,6 +52,8 @@ class ContainerReader:
         self.lost = 0  # lines the source knows it could not read (json-file rotation)
         self.bytes = 0
         self.last_timestamp: str | None = None
+        self.failures = 0  # reads that failed (and were retried)
+        self.wake = asyncio.Event()  # set to end a back-off early (the engine is back)
 
     def set_meta(self, meta: ContainerMeta) -> None:
         self.meta = meta
@@ -84,23 +96,86 @@ class ContainerReader:
         retry = Retry(self.followers.backoff)
         while True:
             self.rerun = False
+            before = self.lines
             try:
                 end = await self.source.read(self, positions, self._emit)
-                retry.reset()
             except NotFound as exc:
-                # An auto-removed container that exits before its logs are asked for is
-                # refused by the engine (409): say so, since its lines are lost.
-                event = "container_gone" if self.lines else "container_logs_unavailable"
-                log.info(event, container=self.meta.name, id=self.meta.id[:12], error=str(exc))
+                self._gone(str(exc))
                 return
             except EngineError as exc:
-                # Discovery notices the lost engine and follows the container again once
-                # it reconnects; a reader on its own only retries a few times.
-                if retry.attempt >= 3:
-                    log.warning("log_stream_failed", container=self.meta.name, error=str(exc))
+                if self.lines > before:
+                    retry.reset()  # it made progress: a new cut, not the same failure
+                if not await self._retry(retry, exc):
                     return
-                await retry.wait()
                 continue
+            if retry.attempt:
+                log.info(
+                    "log_stream_recovered",
+                    container=self.meta.name,
+                    id=self.meta.id[:12],
+                    failures=retry.reset(),
+                )
             if end is StreamEnd.STOPPED and not self.rerun:
                 log.debug("log_stream_ended", container=self.meta.name, lines=self.lines)
                 return
+
+    def _gone(self, error: str) -> None:
+        """The container is gone. An auto-removed container that exits before its logs
+        are asked for is refused by the engine (409): say so, since its lines are lost."""
+        if self.lines:
+            log.info("container_gone", container=self.meta.name, id=self.meta.id[:12])
+            return
+        self.followers.unavailable += 1
+        log.warning(
+            "container_logs_unavailable",
+            container=self.meta.name,
+            id=self.meta.id[:12],
+            error=error,
+            reason="the container was removed before its logs could be read",
+        )
+
+    async def _retry(self, retry: Retry, exc: EngineError) -> bool:
+        """After a failed read: waits the back-off and returns True to read again, unless
+        the container is gone or its logs cannot be read at all (False)."""
+        self.failures += 1
+        info = self.followers.inventory.containers.get(self.meta.id)
+        if info is not None:
+            info.log_read_failures += 1
+        if exc.status == 501:  # "configured logging driver does not support reading"
+            log.warning(
+                "container_logs_unreadable",
+                container=self.meta.name,
+                id=self.meta.id[:12],
+                error=str(exc),
+            )
+            return False
+        exists = await self._exists()
+        if exists is False:
+            self._gone(str(exc))
+            return False
+        delay = retry.next_delay()
+        n = retry.attempt
+        if n & (n - 1) == 0:  # failures 1, 2, 4, 8, …: the log stays readable
+            log.warning(
+                "log_stream_failed",
+                container=self.meta.name,
+                id=self.meta.id[:12],
+                error=str(exc),
+                failures=n,
+                retry_in=round(delay, 3),
+            )
+        self.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self.wake.wait()
+        return True
+
+    async def _exists(self) -> bool | None:
+        """Whether the engine still has the container (None: it cannot say now)."""
+        try:
+            await self.followers.engine.inspect(self.meta.id)
+        except NotFound:
+            return False
+        except EngineError:
+            return None
+        return True

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from agent.engine.client import Engine, EngineError
+from agent.engine.client import Engine, EngineError, NotFound
 from agent.positions import Position
 from agent.sources.base import Emit, LogSource, StreamEnd
 from agent.sources.jsonfile.inotify import Inotify
@@ -71,7 +71,10 @@ class JsonFileLogSource(LogSource):
         tail = _Tail(self, reader)
         try:
             return await tail.run(positions, emit)
-        except PermissionError as exc:
+        except FileNotFoundError as exc:
+            raise NotFound(f"log file of {reader.meta.name}: {exc}") from exc
+        except OSError as exc:
+            # EMFILE, EACCES, EIO, …: a failed read, retried by the reader.
             raise EngineError(f"log file of {reader.meta.name}: {exc}") from exc
         finally:
             tail.close()
