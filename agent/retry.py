@@ -12,14 +12,25 @@ Who retries, and with which settings:
 * the http exporter's requests and dead-letter writes: ``exporters.NAME.retry.*``, and a
   server's ``Retry-After`` hint (``retry_after_seconds``) up to
   ``retry.max_retry_after_seconds``.
+
+``Retry-After`` can only lengthen a wait, never shorten it: the back-off's wait is the
+floor, a valid hint longer than that replaces it, capped at ``max_hint``. So a server that
+answers ``Retry-After: 0`` (or a date in the past) gets the same back-off as one that says
+nothing, not a flood. A hint is valid as delay-seconds (digits, optionally with a
+fraction: ``120``, ``1.5``) or an HTTP date; anything else (``-1``, ``nan``, ``inf``,
+``1e3``, garbage) is invalid: ``parse_retry_after`` raises ``ValueError`` and the lenient
+``retry_after_seconds`` returns None (no hint), and the caller logs it (once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import random
+import re
 import time
+from datetime import UTC
 
 DEFAULT_INITIAL_SECONDS = 0.5  # the first wait's ceiling
 DEFAULT_MAX_SECONDS = 30.0  # the cap of every wait
@@ -43,8 +54,9 @@ class Backoff:
 class Retry:
     """One retrying loop: failures in a row, and how long to wait after the next one.
 
-    ``hint`` (seconds, from a server's ``Retry-After``) replaces the back-off's wait,
-    capped at ``max_hint``.
+    ``hint`` (seconds, from a server's ``Retry-After``) can only lengthen the back-off's
+    wait: the wait is ``max(back-off, min(hint, max_hint))``. A hint that is not a finite
+    number of seconds >= 0 is ignored.
     """
 
     def __init__(self, backoff: Backoff, max_hint: float = float("inf")) -> None:
@@ -55,8 +67,8 @@ class Retry:
     def next_delay(self, hint: float | None = None) -> float:
         """The wait after one more failure (and counts it)."""
         delay = self.backoff.delay(self.attempt)
-        if hint is not None:
-            delay = min(hint, self.max_hint)
+        if hint is not None and math.isfinite(hint) and hint > delay:
+            delay = max(delay, min(hint, self.max_hint))
         self.attempt += 1
         return delay
 
@@ -73,19 +85,32 @@ class Retry:
         return failures
 
 
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """A ``Retry-After`` header as seconds from now: delta-seconds or an HTTP date."""
-    if not value:
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_FAR = 1e9  # seconds (30 years): longer than any max_hint
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` header as seconds from now (>= 0): delay-seconds or an HTTP date
+    (a date in the past is 0). None when there is no header (or an empty one);
+    ``ValueError`` when there is one but it is neither (negative, ``nan``, ``inf``,
+    exponents, garbage)."""
+    text = (value or "").strip()
+    if not text:
         return None
-    value = value.strip()
+    if _DELAY_SECONDS.fullmatch(text):
+        return min(float(text), _FAR)  # 400 digits: inf, and as good as forever
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        raise ValueError(f"Retry-After is neither seconds nor an HTTP date: {value!r}") from None
+    if when.tzinfo is None:  # "-0000": UTC, says RFC 5322
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``parse_retry_after``, with an invalid header taken as no header (None)."""
+    try:
+        return parse_retry_after(value, now)
+    except ValueError:
+        return None

@@ -3,7 +3,9 @@
 ``Sender.deliver`` returns once every record it was given is accepted: answered with a 2xx,
 or written to the dead-letter file after an answer the backend will never change its mind
 on. Until then it retries (5xx, 429, 408, timeouts, connection errors) with the retry
-policy's back-off (``agent.retry``), as long as ``Retry-After`` asks on 429 and 503. A 413
+policy's back-off (``agent.retry``), longer when a ``Retry-After`` on a 429 or 503 asks for
+longer (never shorter: ``Retry-After: 0`` gets the back-off; an invalid value is logged
+once, ``http_retry_after_invalid``, and ignored). A 413
 splits the request in two until it fits; ``_bulk`` answers are read item by item, and only
 the items answered 429/5xx are sent again.
 """
@@ -20,7 +22,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from agent.retry import Backoff, Retry, retry_after_seconds
+from agent.retry import Backoff, Retry, parse_retry_after
 from agent.secrets import Scrubber
 from exporters.http.deadletter import DeadLetters, Rejected
 from exporters.http.formats import Encoded
@@ -69,6 +71,7 @@ class Sender:
         self.session: aiohttp.ClientSession | None = None
         self.failing = ""
         self._failing_since = 0.0
+        self._told_retry_after = False  # an invalid Retry-After was logged (once)
         # Counters (read by tests, benchmarks, and whoever wants to export them).
         self.requests = 0
         self.retries = 0
@@ -178,7 +181,7 @@ class Sender:
     async def _wait(self, retry: Retry, reason: str, records: int, retry_after: str | None) -> None:
         """Sleeps before the next try; logs on tries 1, 2, 4, 8, …"""
         self.retries += 1
-        hinted = retry_after_seconds(retry_after)
+        hinted = self._retry_after(retry_after)
         delay = retry.next_delay(hinted)
         self.set_failing(f"{reason} (from {self.target}, retrying)")
         n = retry.attempt
@@ -194,6 +197,23 @@ class Sender:
                 retry_after=retry_after if hinted is not None else None,
             )
         await asyncio.sleep(delay)
+
+    def _retry_after(self, value: str | None) -> float | None:
+        """A ``Retry-After`` header as seconds; an invalid one is ignored, and logged the
+        first time only (a backend sends the same one on every answer)."""
+        try:
+            return parse_retry_after(value)
+        except ValueError:
+            if not self._told_retry_after:
+                self._told_retry_after = True
+                log.warning(
+                    "http_retry_after_invalid",
+                    exporter=self.name,
+                    url=self.target,
+                    retry_after=self.scrub(value or "")[:100],
+                    action="ignored: the back-off applies",
+                )
+            return None
 
     def set_failing(self, reason: str) -> None:
         if not self.failing:

@@ -138,6 +138,38 @@ async def test_retry_after_as_http_date(receiver: Receiver, make: Any) -> None:
     assert numbers(receiver.accepted) == [0, 1, 2]
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "garbage", "Thu, 01 Jan 1970"])
+async def test_bad_retry_after_does_not_flood_the_backend(
+    receiver: Receiver, make: Any, value: str
+) -> None:
+    # A backend asking to slow down with a Retry-After of 0, negative, nan, inf or
+    # garbage: the back-off still applies (about 20 requests a second with these
+    # settings), an invalid value is logged once and ignored (not honoured: inf would
+    # stop the exporter for max_retry_after_seconds).
+    backoff = {"initial_backoff_seconds": 0.05, "max_backoff_seconds": 0.1}
+    window = 0.8
+    began = time.monotonic()
+
+    def answer(got: Got) -> Answer | None:
+        if got.at - began < window:
+            return Answer(429, b"slow down", {"Retry-After": value})
+        return None
+
+    receiver.default = answer
+    exp = await make(receiver, retry=backoff)
+    with capture_logs() as logs:
+        await asyncio.wait_for(exp.send(lines(0, 3)), 10)
+    throttled = [g for g in receiver.got if g.status == 429]
+    assert 3 <= len(throttled) <= 40, len(throttled)
+    assert numbers(receiver.accepted) == [0, 1, 2]
+    invalid = [e for e in logs if e["event"] == "http_retry_after_invalid"]
+    if value == "0":
+        assert invalid == []  # valid: retry now, i.e. after the back-off
+    else:
+        assert len(invalid) == 1  # once per exporter, not per answer
+        assert invalid[0]["exporter"] == "out" and invalid[0]["retry_after"] == value
+
+
 async def test_timeouts_are_retried(receiver: Receiver, make: Any) -> None:
     exp = await make(receiver, timeout_seconds=0.2)
     receiver.delay = 0.5
