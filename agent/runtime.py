@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -35,6 +36,7 @@ from agent.sources.followers import LogFollowers
 from agent.sources.jsonfile.source import JsonFileLogSource
 from agent.speedups import speedups
 from agent.state import AgentState
+from agent.supervisor import Supervisor
 from exporters.base import REGISTRY, ExporterConfig
 
 log = structlog.get_logger("agent.runtime")
@@ -56,6 +58,7 @@ class Runtime:
         self._checkpoint: dict[str, dict[str, Position]] = {}
         self._marks: dict[str, FileMark] = {}
         self.state: AgentState | None = None
+        self.supervisor = Supervisor(self._backoff())
         self._signals = 0
 
     def _backoff(self) -> Backoff:
@@ -159,12 +162,13 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
-        tasks = [
-            asyncio.create_task(discovery.run(first=info), name="discovery"),
-            asyncio.create_task(self._checkpoint_loop(), name="checkpoints"),
-        ]
+        first: list[dict[str, Any]] = [info]  # the /info answer, for discovery's first run
+        self.supervisor.start(
+            "discovery", lambda: discovery.run(first=first.pop() if first else None)
+        )
+        self.supervisor.start("checkpoints", self._checkpoint_loop)
         if self.stats is not None:
-            tasks.append(asyncio.create_task(self.stats.run(), name="stats"))
+            self.supervisor.start("stats", self.stats.run)
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10):
@@ -184,7 +188,7 @@ class Runtime:
             )
             await self.stopping.wait()
         finally:
-            await self._shutdown(tasks)
+            await self._shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -236,20 +240,18 @@ class Runtime:
                 self.pipeline.send if cfg.stats.records else None,
             )
         self.state = AgentState(
-            inventory, self.pipeline, self.discovery, self.followers, self.stats
+            inventory, self.pipeline, self.discovery, self.followers, self.stats, self.supervisor
         )
         for runner in runners:
             runner.exporter.bind(self.state)
         return self.pipeline, self.followers, self.discovery
 
-    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(self) -> None:
         """Stops intake, drains the exporters within the bound, writes the last
         checkpoint and closes the engine client."""
         assert self.pipeline is not None and self.followers is not None
         assert self.checkpoints is not None
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.supervisor.stop()
         await self.followers.close()
         await self.pipeline.close(self.config.agent.shutdown_timeout_seconds)
         # After the drain, the checkpoint covers everything that was delivered.

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from agent.engine.discovery import Discovery
     from agent.metrics.stats import StatsCollector
     from agent.sources.followers import LogFollowers
+    from agent.supervisor import Supervisor
 
 
 @dataclass
@@ -27,6 +28,7 @@ class AgentState:
     discovery: Discovery
     followers: LogFollowers
     stats: StatsCollector | None = None
+    supervisor: Supervisor | None = None
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Engine reachable and every exporter healthy; the details say why not."""
@@ -35,7 +37,8 @@ class AgentState:
         for runner in self.pipeline.runners:
             health = runner.exporter.health()
             exporters[runner.name] = {"ok": health.ok, "detail": health.detail}
-        ok = engine_ok and all(e["ok"] for e in exporters.values())
+        down = dict(self.supervisor.down) if self.supervisor is not None else {}
+        ok = engine_ok and all(e["ok"] for e in exporters.values()) and not down
         body = {
             "ready": ok,
             "engine": {
@@ -44,5 +47,6 @@ class AgentState:
                 "detail": "" if engine_ok else self.discovery.last_error,
             },
             "exporters": exporters,
+            "tasks": {"ok": not down, "down": down},
         }
         return ok, body

@@ -18,6 +18,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 import orjson
+import structlog
 
 from agent.engine.httpstream import (
     HEADER_TIMEOUT_SECONDS,
@@ -25,6 +26,8 @@ from agent.engine.httpstream import (
     HttpStreamError,
     open_stream,
 )
+
+log = structlog.get_logger("agent.engine")
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 
@@ -130,6 +133,7 @@ class Engine:
         self.host = host
         self._docker: aiodocker.Docker | None = None
         self.header_timeout = HEADER_TIMEOUT_SECONDS  # a logs request's answer, at most
+        self.bad_events = 0  # event stream lines that were not a JSON object (skipped)
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -253,7 +257,21 @@ class Engine:
                     buf += chunk
                     *lines, buf = buf.split(b"\n")
                     for line in lines:
-                        if line.strip():
-                            yield orjson.loads(line)
+                        if not line.strip():
+                            continue
+                        try:
+                            event = orjson.loads(line)
+                        except orjson.JSONDecodeError:
+                            event = None
+                        if not isinstance(event, dict):
+                            self.bad_events += 1
+                            if self.bad_events & (self.bad_events - 1) == 0:  # 1, 2, 4, …
+                                log.warning(
+                                    "engine_event_unreadable",
+                                    line=line[:200].decode("utf-8", "replace"),
+                                    count=self.bad_events,
+                                )
+                            continue
+                        yield event
         except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
             raise _translate(exc, "GET /events") from exc
