@@ -1,7 +1,12 @@
 """Writing files so that a crash or a full disk never leaves a half-written one: the one
 atomic-write helper (temp file, every byte written, fsync, rename, fsync of the directory)
 used by the checkpoint, the disk buffer's cursor and the file exporter's gzip of rotated
-files."""
+files; and the one all-or-nothing append (``append_whole``) used by the disk buffer's
+segments and the file exporter's output files.
+
+A full disk makes ``os.write`` write part of what it was given and then fail with ENOSPC;
+a file object's buffered ``write`` hides that and keeps the unwritten rest in its buffer.
+Every writer here uses raw file descriptors and checks what was written."""
 
 from __future__ import annotations
 
@@ -18,6 +23,40 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+class TruncateFailed(OSError):
+    """An append failed and so did cutting its bytes off again: the file must be cut back
+    to ``size`` before anything else is appended to it."""
+
+    def __init__(self, size: int, error: OSError) -> None:
+        super().__init__(error.errno, f"{error.strerror or error} (cutting back to {size})")
+        self.size = size
+
+
+def append_whole(fd: int, data: bytes | memoryview, fsync: bool = False) -> None:
+    """Appends every byte of ``data`` to ``fd`` (opened with ``O_APPEND``), then fsyncs it
+    if asked, or appends nothing: when a write or the fsync fails (a full disk: part of
+    the data written, then ENOSPC), the bytes this call wrote are cut off again
+    (``ftruncate``) and the error raised, so the file ends where it ended before. When
+    even the cut fails, raises ``TruncateFailed`` (from the first error) naming the size
+    to cut back to."""
+    view = memoryview(data)
+    total = len(view)
+    start = os.lseek(fd, 0, os.SEEK_END)  # where the file ends before this call
+    written = 0
+    try:
+        while written < total:
+            written += os.write(fd, view[written:])
+        if fsync:
+            os.fsync(fd)
+    except OSError as exc:
+        if written:
+            try:
+                os.ftruncate(fd, start)
+            except OSError as cut:
+                raise TruncateFailed(start, cut) from exc
+        raise
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -120,3 +120,78 @@ async def test_block_when_full_waits_for_room(tmp_path: Path) -> None:
     await asyncio.wait_for(blocked, 2)
     assert await drain(buf) == [f"line {i}" for i in range(n, n + 10)]
     assert not buf.dropped
+
+
+def on_disk(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.glob("*.seg"))
+
+
+async def test_drop_oldest_never_deletes_what_the_exporter_is_reading(tmp_path: Path) -> None:
+    """A slow exporter (a backend outage: each send takes a while) reads while appends
+    overflow the cap: the segment it reads stays, its worker lives on, every record is
+    delivered once or counted as dropped, and the buffer stays under its cap."""
+    cap = 16384
+    buf = opened(tmp_path, max_bytes=cap, when_full="drop_oldest", segment_bytes=4096)
+    delivered: list[int] = []
+
+    async def slow_exporter() -> None:
+        while True:
+            records, cursor = await buf.read(30)
+            await asyncio.sleep(0.03)  # the send
+            delivered.extend(int((r.message or "").split()[1]) for r in records)
+            await buf.commit(cursor)
+
+    worker = asyncio.create_task(slow_exporter())
+    peak = 0
+    for i in range(0, 500, 10):
+        await buf.append(recs(i, 10))
+        peak = max(peak, on_disk(tmp_path))
+        assert buf.size <= cap
+        await asyncio.sleep(0.002)
+    await asyncio.wait_for(buf.wait_empty(), 10)
+    assert not worker.done(), worker.exception()
+    worker.cancel()
+    await asyncio.gather(worker, return_exceptions=True)
+    dropped = buf.dropped["buffer_full"]
+    assert dropped > 0
+    assert len(delivered) + dropped == 500
+    assert delivered == sorted(set(delivered))  # in order, none twice
+    assert delivered[-1] == 499  # the newest kept
+    assert peak <= cap + 4096  # at most the segment being written past the cap
+    assert buf.size == 0 and buf.records == 0
+    buf.close()
+
+
+async def test_drop_oldest_during_an_outage_keeps_the_batch_in_flight(tmp_path: Path) -> None:
+    """The exporter took a batch and cannot send it (backend down) while the buffer
+    overflows: the batch it holds is delivered when the backend returns, not dropped and
+    not lost; the oldest segments after it are dropped."""
+    buf = opened(tmp_path, max_bytes=16384, when_full="drop_oldest", segment_bytes=4096)
+    await buf.append(recs(0, 10))
+    held, cursor = await buf.read(10)  # the send of these hangs
+    for i in range(10, 400, 10):
+        await buf.append(recs(i, 10))
+        assert buf.size <= 16384
+    await buf.commit(cursor)  # the backend came back: the held batch went
+    rest = await drain(buf)
+    got = [r.message for r in held] + rest
+    assert got[:10] == [f"line {i}" for i in range(10)]
+    assert got == sorted(set(got), key=lambda m: int(m.split()[1]))
+    assert len(got) + buf.dropped["buffer_full"] == 400
+    assert rest[-1] == "line 399"
+
+
+async def test_a_missing_segment_is_logged_counted_and_skipped(tmp_path: Path) -> None:
+    buf = opened(tmp_path, segment_bytes=4096)
+    for i in range(0, 200, 10):
+        await buf.append(recs(i, 10))
+    segments = sorted(tmp_path.glob("*.seg"))
+    assert len(segments) >= 4
+    lost = segments[1].read_bytes().count(b"\n")
+    segments[1].unlink()  # removed behind the buffer's back
+    got = await drain(buf)
+    assert len(got) == 200 - lost
+    assert buf.dropped["segment_missing"] == lost
+    assert buf.size == 0 and buf.records == 0
+    await buf.append(recs(200, 1))  # and it goes on
+    assert await drain(buf) == ["line 200"]
