@@ -143,13 +143,20 @@ class CheckpointStore:
         return True
 
     async def write_async(self, positions: Positions, marks: Marks | None = None) -> None:
+        """``write`` in a thread; never raises for a disk that is full or out of file
+        descriptors (ENOSPC, EMFILE): the previous file stays whole (``atomic_write``), the
+        failure is logged once (``checkpoint_write_failed``) and kept in ``last_error``
+        until a write succeeds again (``checkpoint_write_recovered``)."""
         try:
             await asyncio.to_thread(self.write, positions, marks)
-            self.last_error = ""
         except OSError as exc:
             if not self.last_error:
                 log.error("checkpoint_write_failed", path=str(self.path), error=str(exc))
             self.last_error = str(exc)
+            return
+        if self.last_error:
+            log.info("checkpoint_write_recovered", path=str(self.path))
+            self.last_error = ""
 
 
 def _strip_time(body: bytes) -> Any:
