@@ -2,8 +2,10 @@
 
 Headers come from ``headers`` (``${VAR}`` expanded from the environment), ``auth`` (a
 bearer token or basic auth, from the config or the environment) or credentials in the url.
-Every secret value among them is handed to a ``Scrubber``, so that response excerpts that
-echo one are cleaned before they are logged or dead-lettered.
+Every secret among them (``agent.secrets``: every header value but the few harmless ones,
+the token, the password and the base64 of ``user:password``, and the url's password and
+query values) is handed to a ``Scrubber``, so that response excerpts and error texts that
+echo one are cleaned before they are logged, shown in ``/readyz`` or dead-lettered.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 from yarl import URL
 
 from agent import __version__
-from agent.secrets import Scrubber, is_secret_header
+from agent.secrets import Scrubber, is_secret_header, url_secrets
 from exporters.http.config import HttpConfig
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -54,7 +56,7 @@ def build_headers(
         value = expand_env(raw, f"exporters.{name}.headers.{key}")
         headers[key] = value
         if is_secret_header(key):
-            secrets.append(value)
+            secrets += _value_secrets(value)
     auth = config.auth
     token = None
     if auth.bearer_token is not None:
@@ -80,4 +82,24 @@ def build_headers(
         creds = base64.b64encode(f"{user}:{password}".encode()).decode()
         headers["Authorization"] = f"Basic {creds}"
         secrets += [s for s in (password, creds) if s]
+    secrets += url_secrets(config.url)
     return headers, Scrubber(secrets)
+
+
+def _value_secrets(value: str) -> list[str]:
+    """A secret header value, and the parts an echo may show alone: the credentials after
+    a scheme (``Bearer x``, ``Splunk x``) and, for ``Basic``, the decoded ``user:password``
+    and the password."""
+    out = [value]
+    scheme, _, rest = value.strip().partition(" ")
+    rest = rest.strip()
+    if rest:
+        out.append(rest)
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(rest, validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                decoded = ""
+            if decoded:
+                out += [decoded, decoded.partition(":")[2]]
+    return out

@@ -1,9 +1,15 @@
 """The http exporter's options, declared once: validation, ``check-config`` (with every
-secret masked) and the reference all come from these models."""
+secret masked) and the reference all come from these models.
+
+Masking follows ``agent.secrets``: every header value but those of a few harmless headers,
+and the url's password and query values, are printed as ``**********`` by ``check-config``
+(the serializers below) and by the config's ``repr``; ``SecretStr`` fields hide themselves.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 from yarl import URL
@@ -129,7 +135,8 @@ class HttpConfig(ExporterConfig):
     type: Literal["http"] = Field(description="POST records to an HTTP backend.")
     url: str = Field(
         description="Endpoint. Without a path, the format's is used: `/loki/api/v1/push`, "
-        "`/_bulk`, `/v1/logs`."
+        "`/_bulk`, `/v1/logs`. A password and query values (`?api_key=…`) are secrets: "
+        "masked in `check-config`, never in logs or `/readyz`."
     )
     format: Literal["ndjson", "loki", "elasticsearch", "otlp"] = Field(
         "ndjson", description="Request body: NDJSON records, Loki push, `_bulk`, OTLP/JSON logs."
@@ -145,7 +152,9 @@ class HttpConfig(ExporterConfig):
     headers: dict[str, str] = Field(
         default_factory=dict,
         description="Extra request headers; `${VAR}` in a value is replaced by the environment "
-        "variable (values of auth/token/key-like headers are masked in `check-config`).",
+        "variable. Every value is treated as a secret (masked in `check-config`, scrubbed "
+        "from logged answers) except those of `Accept`, `Accept-Encoding`, `Content-Type`, "
+        "`Content-Encoding`, `User-Agent` and `X-Scope-OrgID`.",
     )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication.")
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS for `https://` urls.")
@@ -193,3 +202,11 @@ class HttpConfig(ExporterConfig):
     @field_serializer("headers")
     def _mask_headers(self, value: dict[str, str]) -> dict[str, str]:
         return masked_headers(value)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for key, value in super().__repr_args__():
+            if key == "url":
+                value = masked_url(value)
+            elif key == "headers":
+                value = masked_headers(value)
+            yield key, value

@@ -16,10 +16,13 @@ while the queue stays small. The hold ends early when the queue holds ``max_reco
 records, when ``flush()`` is called, or when the pipeline stops accepting records
 (shutdown). Records are already delivered when the hold starts.
 
-Secrets (bearer tokens, passwords, values of headers whose name looks sensitive, a
-password in the url) are kept out of logs, metrics, ``target()`` and ``check-config``
-output (``agent.secrets``), and are scrubbed from the response excerpts the exporter logs
-and dead-letters (``auth``).
+Secrets are whatever is not known harmless (``agent.secrets``): bearer tokens, passwords,
+the value of every header but ``Accept``, ``Accept-Encoding``, ``Content-Type``,
+``Content-Encoding``, ``User-Agent`` and ``X-Scope-OrgID``, and a url's password and query
+values. They are kept out of logs, metrics, ``target()`` (the url without credentials or
+query) and ``check-config`` output, and are scrubbed from the response excerpts and error
+texts the exporter logs, reports in ``health()`` (``/readyz``) and dead-letters
+(``auth``).
 """
 
 from __future__ import annotations

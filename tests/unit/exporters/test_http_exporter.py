@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,7 +52,8 @@ async def make(tmp_path: Path) -> AsyncIterator[Any]:
     async def make(receiver: Receiver, **options: Any) -> HttpExporter:
         options.setdefault("retry", FAST)
         options.setdefault("dead_letter_path", str(tmp_path / "dead.ndjson"))
-        cfg = HttpConfig(type="http", url=receiver.url, **options)
+        options.setdefault("url", receiver.url)
+        cfg = HttpConfig(type="http", **options)
         exp = HttpExporter("out", cfg)
         await exp.start()
         made.append(exp)
@@ -294,6 +296,53 @@ async def test_auth_headers_arrive_and_secrets_never_show(
     text += (tmp_path / "dead.ndjson").read_text()
     assert "tok-3f9a1c-secret" not in text and "key-77aa-secret" not in text
     assert "**********" in text  # the echoed secrets were scrubbed
+
+
+async def test_echoed_headers_and_query_are_scrubbed_everywhere(
+    receiver: Receiver, make: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Secrets in headers whose names do not look secret, and in the url's query: a
+    # backend that echoes them in its answers must not get them into the log, /readyz
+    # or the dead-letter file.
+    monkeypatch.setenv("CA_TEST_INSERT_KEY", "insert-7d1f0e-secret")
+    headers = {
+        "X-Access-Key": "access-5b2c9a-secret",
+        "X-Private-Key": "private-e4e4e4-secret",
+        "X-Session-Id": "s3ss",  # short: scrubbed where it stands alone
+        "Ocp-Apim-Subscription-Key": "apim-a1a1a1-secret",
+        "X-Honeycomb-Team": "honeycomb-c0ffee-secret",
+        "X-Insert-Key": "${CA_TEST_INSERT_KEY}",
+        "X-Scope-OrgID": "team-a",
+    }
+    query = {"api_key": "qapi-0f0f0f-secret", "dd-api-key": "qdd-9e9e9e-secret", "token": "q/t+k"}
+    secrets = [v for k, v in headers.items() if k not in ("X-Insert-Key", "X-Scope-OrgID")]
+    secrets += ["insert-7d1f0e-secret", *query.values()]
+
+    def echo(got: Got, status: int) -> Answer:
+        echoed = {str(k): v for k, v in got.headers.items()}
+        body = orjson.dumps({"query": got.query, "headers": echoed})
+        return Answer(status, body)
+
+    answers = iter([503, 400])
+    receiver.default = lambda g: echo(g, next(answers, 200))
+    url = receiver.url + "/ingest?" + urllib.parse.urlencode(query)
+    with capture_logs() as logs:
+        exp = await make(receiver, url=url, headers=headers)
+        await exp.send(lines(0, 2))
+        detail = exp.health().detail  # after the 400, before the next success
+        await exp.send(lines(2, 1))
+    assert receiver.got[0].query == query  # the backend got them
+    assert receiver.got[0].headers["X-Insert-Key"] == "insert-7d1f0e-secret"
+    events = [e["event"] for e in logs]
+    assert "http_send_failed" in events and "http_dead_lettered" in events
+    dead = (tmp_path / "dead.ndjson").read_text()
+    assert "**********" in dead and "team-a" in dead
+    text = repr(logs) + dead + detail + exp.target() + repr(exp.counters())
+    for secret in secrets:
+        assert secret not in text, secret
+        assert urllib.parse.quote(secret, safe="") not in text, secret
+    assert "/ingest" in exp.target() and "?" not in exp.target()
+    assert all("?" not in e.get("url", "") for e in logs)
 
 
 async def test_basic_auth_from_environment(

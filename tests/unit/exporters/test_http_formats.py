@@ -368,6 +368,51 @@ exporters:
     assert dumped["otel"]["auth"]["bearer_token"] == "**********"
 
 
+def test_check_config_masks_every_header_and_query_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Secret unless known harmless: header names that do not look secret, and url query
+    # values, are masked too.
+    secrets = {
+        "X-Access-Key": "access-secret-1",
+        "X-Private-Key": "private-secret-2",
+        "X-Session-Id": "session-secret-3",
+        "Ocp-Apim-Subscription-Key": "apim-secret-4",
+        "X-Honeycomb-Team": "honeycomb-secret-5",
+        "X-Insert-Key": "insert-secret-6",
+    }
+    query = {"api_key": "query-secret-7", "dd-api-key": "query-secret-8", "token": "q-secret-9"}
+    headers = ", ".join(f"{k}: {v}" for k, v in secrets.items())
+    url = "https://intake.example/v1/input?" + "&".join(f"{k}={v}" for k, v in query.items())
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        f"""
+exporters:
+  out:
+    type: http
+    url: "{url}"
+    headers: {{{headers}, X-Scope-OrgID: team-a, Content-Type: application/json}}
+"""
+    )
+    assert cli_main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    for secret in [*secrets.values(), *query.values()]:
+        assert secret not in out and secret not in err
+    dumped = orjson.loads(out)["exporters"]["out"]
+    assert dumped["headers"] == {
+        **{k: "**********" for k in secrets},
+        "X-Scope-OrgID": "team-a",
+        "Content-Type": "application/json",
+    }
+    assert dumped["url"] == (
+        "https://intake.example/v1/input?api_key=**********&dd-api-key=**********&token=**********"
+    )
+    cfg = parse(http(url=url, headers=secrets)).exporters["out"]
+    shown = repr(cfg) + str(cfg) + HttpExporter("out", cfg).target()
+    for secret in [*secrets.values(), *query.values()]:
+        assert secret not in shown
+
+
 def test_target_and_repr_hide_secrets() -> None:
     cfg = parse(http(url="https://u:pw-secret@logs.example/x?key=q-secret")).exporters["out"]
     exp = HttpExporter("out", cfg)
