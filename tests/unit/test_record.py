@@ -138,15 +138,16 @@ def _records(seed: int) -> list[Record]:
     return out
 
 
-def test_c_encoder_writes_the_python_bytes() -> None:
+def test_c_encoder_writes_the_python_bytes(seed: int) -> None:
     from agent.speedups import _load_extension
 
     ext = _load_extension()
     assert ext is not None, "agent._speedups is not built"
-    for seed in range(5):
-        want = encode_ndjson(_records(seed))
-        assert ext.encode_ndjson(_records(seed)) == want
-        assert ext.encode_ndjson(tuple(_records(seed))) == want
+    for case in range(5):
+        want = encode_ndjson(_records(seed + case))
+        note = f"seed={seed} case={case}"
+        assert ext.encode_ndjson(_records(seed + case)) == want, note
+        assert ext.encode_ndjson(tuple(_records(seed + case))) == want, note
     assert ext.encode_ndjson([]) == b"" == encode_ndjson([])
     for encode in (ext.encode_ndjson, encode_ndjson):
         m = meta()  # the first line builds the prefix; the second takes the C path
