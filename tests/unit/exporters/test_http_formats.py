@@ -261,8 +261,8 @@ def test_image_reference_split() -> None:
     [NdjsonEncoder(), LokiEncoder(), ElasticsearchEncoder(), OtlpEncoder()],
     ids=["ndjson", "loki", "elasticsearch", "otlp"],
 )
-def test_split_honours_records_and_bytes(encoder: Any) -> None:
-    rng = random.Random(7)
+def test_split_honours_records_and_bytes(encoder: Any, seed: int) -> None:
+    rng = random.Random(seed + 7)
     metas = [ContainerMeta(f"{i:064x}", f"c{i}", "img:1", {}, "h") for i in range(5)]
     records = [
         Record.log(
@@ -276,16 +276,17 @@ def test_split_honours_records_and_bytes(encoder: Any) -> None:
     ]
     encoded = encoder.encode(records)
     runs = encoded.split(max_records=400, max_bytes=64 * 1024)
-    assert [i for run in runs for i in run] == list(range(len(records)))  # all, in order
+    note = f"seed={seed}"
+    assert [i for run in runs for i in run] == list(range(len(records))), note  # all, in order
     for run in runs:
-        assert len(run) <= 400
+        assert len(run) <= 400, note
         body = encoder.assemble(encoded, run)
-        assert len(body) <= encoded.size(run) <= 64 * 1024
+        assert len(body) <= encoded.size(run) <= 64 * 1024, note
         orjson.loads(body) if encoder.content_type == "application/json" else None
     # A record larger than max_bytes goes alone.
     big = [Record.log(ts(0), metas[0], "stdout", "y" * 5000, False), *records[:3]]
     runs = encoder.encode(big).split(max_records=10, max_bytes=2048)
-    assert list(runs[0]) == [0]
+    assert list(runs[0]) == [0], note
 
 
 # -- config ----------------------------------------------------------------------------------
