@@ -110,6 +110,8 @@ class Runtime:
         if delivered is None:  # no exporter must hold lines back: what was read counts
             delivered = self.followers.positions, self.followers.marks
         positions, marks = delivered
+        for cid in known:
+            self._checkpoint.setdefault(cid, {})  # followed, maybe nothing delivered yet
         for cid, streams in positions.items():
             self._checkpoint.setdefault(cid, {}).update(streams)
         self._marks.update(marks)

@@ -117,8 +117,8 @@ class CheckpointStore:
     def encode(positions: Positions, marks: Marks | None = None) -> bytes:
         containers: dict[str, dict[str, Any]] = {}
         for cid, streams in positions.items():
-            if not streams:
-                continue
+            # A container with nothing delivered yet is kept too (an empty entry): after a
+            # restart it is read from the start of its log, not forgotten.
             entry: dict[str, Any] = {s: p.to_dict() for s, p in streams.items()}
             mark = (marks or {}).get(cid)
             if mark is not None:

@@ -8,6 +8,7 @@ import collections
 
 import aiodocker
 import orjson
+import pytest
 
 from tests.http_receiver import Answer, Receiver
 from tests.integration.conftest import Containers
@@ -101,4 +102,50 @@ async def test_agent_restart_while_the_backend_is_down(start_agent, containers, 
     for k, cid in enumerate(ids):
         assert got[cid] == [f"c{k} {i}" for i in range(n)]  # from the buffer, not re-read
     assert second.runtime.pipeline.runners[0].buffered == 0
+    await receiver.stop()
+
+
+@pytest.mark.parametrize("down", ["half-way", "from-the-start"])
+async def test_the_checkpoint_waits_for_the_slower_of_two_exporters_across_a_restart(
+    start_agent, containers, tmp_path, down
+) -> None:
+    """Two durable exporters at different progress: a file exporter takes every line while
+    an http exporter's backend goes down half way (no disk buffer: its queue is memory
+    only). The agent stops; the checkpoint must be the http exporter's position, not the
+    file's, or the restarted agent never sends it the lines in between. From the start:
+    a container the http exporter has taken nothing of must still be in the checkpoint
+    (it was left out, and a stopped container was then never read again)."""
+    receiver = Receiver()
+    if down == "half-way":
+        await receiver.start()
+    state = str(tmp_path / "shared-state")
+    n = 1000
+
+    def exporters(path: str) -> dict:
+        http = http_config(receiver)["records"]
+        http["buffer"] = {"type": "memory"}
+        return {"web": http, "file": {"type": "file", "path": str(tmp_path / path)}}
+
+    first = await start_agent(
+        state_dir=state, exporters=exporters("first.ndjson"), agent={"shutdown_timeout_seconds": 1}
+    )
+    script = (
+        f'i=0; while [ $i -lt {n} ]; do echo "c $i"; i=$((i+1)); done; sleep 4; '
+        f'while [ $i -lt {2 * n} ]; do echo "c $i"; i=$((i+1)); done'
+    )
+    cid = await containers.run(script)
+    if down == "half-way":
+        await until(lambda: len(delivered(receiver).get(cid, [])) >= n, 30, "the first half")
+        await receiver.stop()  # the backend goes down; the file exporter goes on
+    await containers.wait(cid)
+    file_runner = next(r for r in first.runtime.pipeline.runners if r.name == "file")
+    await until(lambda: file_runner.exported >= 2 * n, 30, "every line in the file")
+    await asyncio.sleep(1.5)  # a checkpoint write or two
+    assert await first.stop() == 0
+
+    await receiver.start()
+    await start_agent(state_dir=state, exporters=exporters("second.ndjson"))
+    await until(lambda: len(set(delivered(receiver).get(cid, []))) >= 2 * n, 60, "every line")
+    got = delivered(receiver)[cid]
+    assert sorted(set(got), key=lambda m: int(m.split()[1])) == [f"c {i}" for i in range(2 * n)]
     await receiver.stop()

@@ -196,6 +196,41 @@ async def test_checkpoint_is_the_lowest_position_over_durable_exporters() -> Non
     await p.close(0.1)
 
 
+async def test_checkpoint_takes_the_slower_of_two_exporters_that_both_made_progress() -> None:
+    """Both durable exporters accepted lines, one more than the other: the checkpoint is
+    the slower one's position (taking the faster one's would lose the slower exporter's
+    lines after a restart). Also when the two differ only in the count of lines sharing
+    the last timestamp."""
+    gate = asyncio.Event()
+    gate.set()
+    fast, slow = Memory("fast", Config()), Memory("slow", Config(), gate)
+    r_fast, r_slow = runner(fast), runner(slow)
+    p = Pipeline([r_fast, r_slow])
+    await p.start()
+    await p.send(recs(3))  # t0..t2 to both
+    await asyncio.sleep(0.05)
+    gate.clear()  # slow stops taking
+    later = recs(3)
+    for i, r in enumerate(later):
+        r.timestamp = f"t{i + 3}"
+    await p.send(later)  # t3..t5: fast only
+    await asyncio.sleep(0.05)
+    assert r_fast.acked["web"]["stdout"] == Position("t5", 1)
+    assert r_slow.acked["web"]["stdout"] == Position("t2", 1)
+    assert p.delivered({})[0]["web"]["stdout"] == Position("t2", 1)
+    # Same stamp, different counts: the lower count is the lower position.
+    r_fast.acked["web"]["stdout"] = Position("t9", 3)
+    r_slow.acked["web"]["stdout"] = Position("t9", 1)
+    assert p.delivered({})[0]["web"]["stdout"] == Position("t9", 1)
+    r_fast.acked["web"]["stdout"], r_slow.acked["web"]["stdout"] = (
+        r_slow.acked["web"]["stdout"],
+        r_fast.acked["web"]["stdout"],
+    )
+    assert p.delivered({})[0]["web"]["stdout"] == Position("t9", 1)  # whichever is slower
+    gate.set()
+    await p.close(0.5)
+
+
 async def test_file_mark_is_the_earliest_over_durable_exporters() -> None:
     """Each batch a files reader emits ends in a record marked with the file position
     after it; the checkpoint's mark is the one every durable exporter has passed, with
