@@ -1,6 +1,6 @@
 """The one declaration of every option: type, default and doc.
 
-Validation (``load``), ``container-agent check-config`` and the README's config reference
+Validation (``load``), ``container-agent check-config`` and the config reference
 (``reference_markdown``) all come from these models; nothing reads options by hand.
 """
 
@@ -239,7 +239,7 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     return parse(data, str(p))
 
 
-# -- the README's config reference ----------------------------------------------------------
+# -- the config reference (docs/configuration.md) ---------------------------------------
 
 
 def _type_name(annotation: Any) -> str:
@@ -294,7 +294,7 @@ def _rows(
 
 
 def reference_markdown() -> str:
-    """The config reference table, generated from the models (kept in the README)."""
+    """The config reference table, generated from the models (kept in docs/configuration.md)."""
     exporters.load_all()
     head = ["| key | type | default | doc |", "|---|---|---|---|"]
     lines = ["## Top level", "", *head]

@@ -1,7 +1,7 @@
 """Exporters, one module each; every module in this package registers itself on import.
 
 Adding an exporter means adding a module here: ``load_all`` finds it, the config accepts its
-``type``, and the README reference lists its options.
+``type``, and the config reference (docs/configuration.md) lists its options.
 """
 
 from __future__ import annotations

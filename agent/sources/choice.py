@@ -48,7 +48,7 @@ class SourceChooser:
                 error=self.dir_problem,
                 fallback="every container's logs are read through the engine's logs API",
                 hint="mount the host's container directory read-only and set "
-                "logs.containers_dir (see README: Reading json-file logs from disk)",
+                "logs.containers_dir (see docs/jsonfile.md)",
             )
 
     async def __call__(self, meta: ContainerMeta) -> LogSource:

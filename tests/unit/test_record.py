@@ -1,4 +1,4 @@
-"""Record serialisation: the schema documented in the README."""
+"""Record serialisation: the schema documented in docs/records.md."""
 
 from __future__ import annotations
 
