@@ -1,10 +1,12 @@
 """The http exporter: batches of records POSTed to a backend in one of four formats.
 
 ``send`` returns once every record of the batch is accepted: answered with a 2xx, or
-written to the dead-letter file after a 4xx the backend will never take (``sender``). It
-never raises for a backend failure: a batch is split into several requests, and raising
-would make the pipeline send the requests already accepted again. While it retries, the
-pipeline's queue fills and its ``when_full`` policy applies (back-pressure).
+written to the dead-letter file after a 4xx the backend will never take (``sender``; 401,
+403, 404, 405 and 407 are not among them: they mean the agent is misconfigured and are
+retried, the exporter unhealthy meanwhile). It never raises for a backend failure: a
+batch is split into several requests, and raising would make the pipeline send the
+requests already accepted again. While it retries, the pipeline's queue fills and its
+``when_full`` policy applies (back-pressure).
 
 Batching: a batch from the pipeline (up to ~2k records) is encoded once and cut into
 requests of at most ``batch.max_records`` records and ``batch.max_bytes`` bytes of body

@@ -5,9 +5,20 @@ or written to the dead-letter file after an answer the backend will never change
 on. Until then it retries (5xx, 429, 408, timeouts, connection errors) with the retry
 policy's back-off (``agent.retry``), longer when a ``Retry-After`` on a 429 or 503 asks for
 longer (never shorter: ``Retry-After: 0`` gets the back-off; an invalid value is logged
-once, ``http_retry_after_invalid``, and ignored). A 413
-splits the request in two until it fits; ``_bulk`` answers are read item by item, and only
-the items answered 429/5xx are sent again.
+once, ``http_retry_after_invalid``, and ignored). A 413 splits the request in two until it
+fits; ``_bulk`` answers are read item by item, and only the items answered 429/5xx are
+sent again.
+
+401, 403, 404, 405 and 407 say that the agent is misconfigured (credentials, permissions,
+url), not that the records are bad: they are retried with the back-off, forever like a
+5xx, never dead-lettered; the exporter is unhealthy meanwhile (``/readyz`` says which
+status and why) and ``http_misconfigured`` is logged once per status per run of failures.
+
+Any other answer (400, 422, a redirect, …) dead-letters the request's records. After
+``REJECTIONS_BEFORE_PAUSE`` whole requests rejected in a row, each next request first waits
+the back-off (``http_rejections_paced``), so that a backend rejecting everything does not
+get the whole backlog at full speed (and the dead-letter file does not fill at disk
+speed); the first 2xx ends the run.
 """
 
 from __future__ import annotations
@@ -32,6 +43,15 @@ log = structlog.get_logger("exporters.http")
 
 EXCERPT = 512  # characters of a response body kept in logs and dead letters
 _RETRY_STATUS = frozenset({408, 429})
+# Answers about the agent's configuration, not the records: retried, never dead-lettered.
+MISCONFIGURED = {
+    401: "the backend refuses the credentials: check auth and headers",
+    403: "the credentials may not write here: check their permissions",
+    404: "no such endpoint: check url and format",
+    405: "the endpoint takes no POST: check url and format",
+    407: "the proxy wants credentials",
+}
+REJECTIONS_BEFORE_PAUSE = 5  # whole requests rejected in a row before the next one waits
 
 
 @dataclass
@@ -72,6 +92,9 @@ class Sender:
         self.failing = ""
         self._failing_since = 0.0
         self._told_retry_after = False  # an invalid Retry-After was logged (once)
+        self._told_misconfigured: int | None = None  # status logged in this run of failures
+        self._rejected_in_row = 0  # whole requests rejected for good since the last 2xx
+        self._pace = Retry(backoff)  # the pause before a request after such a run
         # Counters (read by tests, benchmarks, and whoever wants to export them).
         self.requests = 0
         self.retries = 0
@@ -106,10 +129,14 @@ class Sender:
             if body is None:
                 body = await self._body(encoded, current)
             retry = Retry(self._backoff, self._max_retry_after)
+            if self._rejected_in_row >= REJECTIONS_BEFORE_PAUSE:
+                await self._pause(len(current))
             while True:
                 answer = await self.post(body)
                 status = answer.status
                 if status is not None and 200 <= status < 300:
+                    self._rejected_in_row = 0
+                    self._pace.reset()
                     again = await self._accepted(encoded, current, answer, len(body))
                     if not again:
                         self._recovered(retry.reset())
@@ -124,6 +151,12 @@ class Sender:
                     reason = answer.error or f"HTTP {status}: {self.excerpt(answer.body)}"
                     hint = answer.retry_after if status in (429, 503) else None
                     await self._wait(retry, reason, len(current), hint)
+                    continue
+                if status in MISCONFIGURED:
+                    excerpt = self.excerpt(answer.body)
+                    self._misconfigured(status, excerpt)
+                    reason = f"HTTP {status} ({MISCONFIGURED[status]}): {excerpt}"
+                    await self._wait(retry, reason, len(current), None)
                     continue
                 if status == 413 and len(current) > 1:
                     half = len(current) // 2
@@ -142,6 +175,7 @@ class Sender:
                 if answer.location:
                     excerpt = self.scrub(f"redirected to {answer.location}")
                 self.set_failing(f"HTTP {status} from {self.target}: {excerpt}")
+                self._rejected_in_row += 1
                 await self.dead_letters.write(
                     [(encoded.records[i], status, excerpt) for i in current],
                     self.target,
@@ -198,6 +232,39 @@ class Sender:
             )
         await asyncio.sleep(delay)
 
+    def _misconfigured(self, status: int, excerpt: str) -> None:
+        """Logs an answer that says the agent is misconfigured, once per status in a run
+        of failures (the warnings of ``_wait`` follow the retries)."""
+        if self._told_misconfigured == status:
+            return
+        self._told_misconfigured = status
+        log.error(
+            "http_misconfigured",
+            exporter=self.name,
+            url=self.target,
+            status=status,
+            error=MISCONFIGURED[status],
+            response=excerpt[:200],
+            action="retrying with back-off until the backend takes the records",
+        )
+
+    async def _pause(self, records: int) -> None:
+        """Waits before the next request after a run of whole requests rejected for good
+        (a backend that rejects everything gets the back-off, not the whole backlog at
+        full speed); logs on pauses 1, 2, 4, 8, …"""
+        delay = self._pace.next_delay()
+        n = self._pace.attempt
+        if n & (n - 1) == 0:
+            log.warning(
+                "http_rejections_paced",
+                exporter=self.name,
+                url=self.target,
+                rejected_in_row=self._rejected_in_row,
+                records=records,
+                pause=round(delay, 3),
+            )
+        await asyncio.sleep(delay)
+
     def _retry_after(self, value: str | None) -> float | None:
         """A ``Retry-After`` header as seconds; an invalid one is ignored, and logged the
         first time only (a backend sends the same one on every answer)."""
@@ -229,6 +296,7 @@ class Sender:
                 failing_seconds=round(time.monotonic() - self._failing_since, 3),
             )
         self.failing = ""
+        self._told_misconfigured = None
 
     def excerpt(self, body: bytes) -> str:
         text = body[: EXCERPT * 4].decode("utf-8", "replace")

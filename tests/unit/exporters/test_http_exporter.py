@@ -201,9 +201,83 @@ async def test_400_is_dead_lettered_and_counted_and_the_rest_flows(
     assert exp.retries == 0  # a 4xx is not retried
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["http_dead_lettered"]
     assert exp.health().ok  # a later request succeeded
-    receiver.script.append(Answer(403, b"forbidden"))
-    await exp.send(lines(30, 1))
+    # A 403 is about the agent's credentials, not the records: retried, not parked.
+    forbid = True
+    receiver.default = lambda g: Answer(403, b"forbidden") if forbid else None
+    task = asyncio.create_task(exp.send(lines(30, 1)))
+    await until(lambda: sum(g.status == 403 for g in receiver.got) >= 2)
     assert not exp.health().ok and "403" in exp.health().detail
+    forbid = False
+    await asyncio.wait_for(task, 10)
+    assert exp.dead_lettered_records == 10 and numbers(receiver.accepted)[-1] == 30
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_auth_and_routing_errors_are_retried_never_dead_lettered(
+    receiver: Receiver, make: Any, tmp_path: Path, status: int
+) -> None:
+    # The backend refuses the agent (bad token, no permission, wrong path) and echoes the
+    # token: not the records' fault. Retried with back-off until the operator fixes it,
+    # unhealthy meanwhile with one clear (scrubbed) error line; nothing dead-lettered.
+    refuse = True
+
+    def answer(got: Got) -> Answer | None:
+        if refuse:
+            return Answer(status, f"denied: {got.headers['Authorization']}".encode())
+        return None
+
+    receiver.default = answer
+    with capture_logs() as logs:
+        exp = await make(receiver, auth={"bearer_token": "tok-4e4e4e-secret"})
+        task = asyncio.create_task(exp.send(lines(0, 5)))
+        await until(lambda: len(receiver.got) >= 6)
+        health = exp.health()
+        assert not task.done()
+        refuse = False
+        await asyncio.wait_for(task, 10)
+    assert not health.ok and f"HTTP {status}" in health.detail and "retrying" in health.detail
+    assert numbers(receiver.accepted) == list(range(5))
+    assert exp.dead_lettered_records == 0 and dead_letters(tmp_path) == []
+    assert exp.retries >= 5 and exp.health().ok
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [(e["event"], e["status"], e["exporter"]) for e in errors] == [
+        ("http_misconfigured", status, "out")
+    ]
+    text = repr(logs) + health.detail
+    assert "tok-4e4e4e-secret" not in text and "Bearer **********" in text
+    # A new run of failures is told again.
+    receiver.script.append(Answer(status, b"again"))
+    with capture_logs() as logs:
+        await exp.send(lines(5, 1))
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["http_misconfigured"]
+
+
+async def test_a_run_of_rejections_slows_down(
+    receiver: Receiver, make: Any, tmp_path: Path
+) -> None:
+    # A backend that rejects everything (400): each request is dead-lettered, but after 5
+    # in a row the next ones wait the back-off instead of draining the backlog into the
+    # dead-letter file at full speed. A 2xx ends the run.
+    receiver.default = lambda g: Answer(400, b"bad")
+    exp = await make(
+        receiver,
+        batch={"max_records": 1},
+        retry={"initial_backoff_seconds": 0.1, "max_backoff_seconds": 0.1},
+    )
+    with capture_logs() as logs:
+        await exp.send(lines(0, 15))
+    assert exp.dead_lettered_records == 15 and len(dead_letters(tmp_path)) == 15
+    at = [g.at for g in receiver.got]
+    assert len(at) == 15
+    assert at[14] - at[5] >= 0.1  # 10 pauses of up to 0.1 s each (full jitter)
+    paced = [e for e in logs if e["event"] == "http_rejections_paced"]
+    assert paced and paced[0]["rejected_in_row"] == 5
+    receiver.default = None
+    await exp.send(lines(15, 1))  # accepted: the run is over
+    receiver.default = lambda g: Answer(400, b"bad")
+    with capture_logs() as logs:
+        await exp.send(lines(16, 4))
+    assert not [e for e in logs if e["event"] == "http_rejections_paced"]
 
 
 async def test_unwritable_dead_letter_file_is_retried(
