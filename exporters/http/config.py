@@ -164,6 +164,15 @@ class HttpConfig(ExporterConfig):
         description="NDJSON file for records a backend rejects for good (4xx); default "
         "`./var/dead-letter/<exporter name>.ndjson`.",
     )
+    dead_letter_max_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=0,
+        description="Size cap of the dead-letter file (default 100 MiB): rejected records "
+        "that would take it past this are dropped instead, counted "
+        "(`dead_letter_dropped_records`) and logged once per run of drops "
+        "(`http_dead_letter_full`); like dead-lettered ones they count as handled. Moving "
+        "or truncating the file makes room again. 0: drop every rejected record.",
+    )
     loki: LokiConfig = Field(default_factory=LokiConfig, description="`format: loki` options.")
     elasticsearch: ElasticsearchConfig = Field(
         default_factory=ElasticsearchConfig, description="`format: elasticsearch` options."

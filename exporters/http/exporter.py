@@ -73,7 +73,7 @@ class HttpExporter(Exporter):
             config.retry.max_retry_after_seconds,
             Scrubber(),  # the secrets are known once the headers are built (start)
             self._body,
-            DeadLetters(name, path, backoff, self._set_failing),
+            DeadLetters(name, path, backoff, self._set_failing, config.dead_letter_max_bytes),
         )
         self._wake = asyncio.Event()
         self._backlog: Callable[[], int] | None = None
@@ -243,6 +243,11 @@ class HttpExporter(Exporter):
         return self.sender.dead_letters.batches
 
     @property
+    def dead_letter_dropped_records(self) -> int:
+        """Rejected records dropped because the dead-letter file was at its cap."""
+        return self.sender.dead_letters.dropped
+
+    @property
     def dead_letter_path(self) -> Path:
         return self.sender.dead_letters.path
 
@@ -254,5 +259,6 @@ class HttpExporter(Exporter):
             "bytes_sent": self.bytes_sent,
             "dead_lettered_records": self.dead_lettered_records,
             "dead_lettered_batches": self.dead_lettered_batches,
+            "dead_letter_dropped_records": self.dead_letter_dropped_records,
             "last_status": self.last_status,
         }

@@ -296,6 +296,48 @@ async def test_unwritable_dead_letter_file_is_retried(
     assert exp.dead_lettered_records == 2
 
 
+async def test_dead_letter_file_is_capped(receiver: Receiver, make: Any, tmp_path: Path) -> None:
+    # A backend rejecting everything must not fill the disk: past dead_letter_max_bytes
+    # rejected records are dropped, counted and logged once; the sends still return (the
+    # records are handled) so the pipeline moves on.
+    assert HttpConfig(type="http", url=receiver.url).dead_letter_max_bytes == 100 * 1024**2
+    receiver.default = lambda g: Answer(400, b"bad")
+    cap = 4000
+    exp = await make(receiver, batch={"max_records": 2}, dead_letter_max_bytes=cap)
+    path = tmp_path / "dead.ndjson"
+    with capture_logs() as logs:
+        for k in range(10):
+            await asyncio.wait_for(exp.send(lines(4 * k, 4)), 10)
+    size = path.stat().st_size
+    assert 0 < size <= cap
+    written = exp.dead_lettered_records
+    assert written == len(dead_letters(tmp_path)) and written < 40
+    assert exp.dead_letter_dropped_records == 40 - written
+    assert exp.counters()["dead_letter_dropped_records"] == 40 - written
+    assert size + len(path.read_bytes().splitlines()[0]) + 1 > cap  # filled up, then dropped
+    full = [e for e in logs if e["event"] == "http_dead_letter_full"]
+    assert len(full) == 1 and full[0]["max_bytes"] == cap and full[0]["log_level"] == "error"
+    lettered = [e for e in logs if e["event"] == "http_dead_lettered"]
+    assert sum(e["records"] for e in lettered) == written  # no line per dropped batch
+    # The operator moves the file away: room again, and a new run of drops is told again.
+    path.rename(tmp_path / "dead.ndjson.1")
+    with capture_logs() as logs:
+        for k in range(10, 20):
+            await asyncio.wait_for(exp.send(lines(4 * k, 4)), 10)
+    assert exp.dead_lettered_records == 2 * written
+    assert [e["event"] for e in logs].count("http_dead_letter_full") == 1
+
+
+async def test_dead_letter_max_bytes_zero_drops_every_rejected_record(
+    receiver: Receiver, make: Any, tmp_path: Path
+) -> None:
+    receiver.default = lambda g: Answer(422, b"no")
+    exp = await make(receiver, dead_letter_max_bytes=0)
+    await exp.send(lines(0, 3))
+    assert exp.dead_letter_dropped_records == 3 and exp.dead_lettered_records == 0
+    assert not (tmp_path / "dead.ndjson").exists()
+
+
 async def test_413_splits_the_request(receiver: Receiver, make: Any) -> None:
     exp = await make(receiver)
     receiver.default = lambda g: Answer(413) if len(g.ndjson()) > 3 else None
