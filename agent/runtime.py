@@ -43,6 +43,7 @@ log = structlog.get_logger("agent.runtime")
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad config, engine unreachable at start: something the operator must fix
+FIRST_CHECKPOINT_POLL_SECONDS = 0.05  # after a start: how soon a first delivery is noticed
 
 
 class Runtime:
@@ -122,10 +123,18 @@ class Runtime:
         return self._checkpoint, self._marks
 
     async def _checkpoint_loop(self) -> None:
-        assert self.checkpoints is not None
+        """Writes the checkpoint at most once per interval when a position moved. The
+        first write comes as soon as anything is delivered after a (re)start, not an
+        interval later: an agent killed again before its first write would have its
+        whole run's output delivered again after the next start."""
+        assert self.checkpoints is not None and self.pipeline is not None
+        runners = self.pipeline.runners
+        at_start = sum(r.exported for r in runners)
+        while sum(r.exported for r in runners) == at_start:  # noqa: ASYNC110 - until the first delivery only
+            await asyncio.sleep(FIRST_CHECKPOINT_POLL_SECONDS)
         while True:
-            await asyncio.sleep(self.checkpoints.interval)
             await self.checkpoints.write_async(*self.checkpoint_positions())
+            await asyncio.sleep(self.checkpoints.interval)
 
     def request_stop(self) -> None:
         self._signals += 1
