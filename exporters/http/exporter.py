@@ -223,6 +223,13 @@ class HttpExporter(Exporter):
         return self.sender.retries
 
     @property
+    def failures(self) -> int:
+        """Failed requests: answers other than 2xx, connection errors and timeouts (each
+        retried, split or dead-lettered; the exporter retries inside ``send``, so the
+        pipeline's own failure count never sees them)."""
+        return self.sender.failures
+
+    @property
     def records_sent(self) -> int:
         return self.sender.records_sent
 
@@ -248,17 +255,25 @@ class HttpExporter(Exporter):
         return self.sender.dead_letters.dropped
 
     @property
+    def rejected_records(self) -> int:
+        """Records the backend rejected for good: dead-lettered, or dropped at the
+        dead-letter file's cap. ``send`` returned for them, yet they were not exported."""
+        return self.dead_lettered_records + self.dead_letter_dropped_records
+
+    @property
     def dead_letter_path(self) -> Path:
         return self.sender.dead_letters.path
 
     def counters(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
+            "failures": self.failures,
             "retries": self.retries,
             "records_sent": self.records_sent,
             "bytes_sent": self.bytes_sent,
             "dead_lettered_records": self.dead_lettered_records,
             "dead_lettered_batches": self.dead_lettered_batches,
             "dead_letter_dropped_records": self.dead_letter_dropped_records,
+            "rejected_records": self.rejected_records,
             "last_status": self.last_status,
         }

@@ -19,6 +19,9 @@ Any other answer (400, 422, a redirect, …) dead-letters the request's records.
 the back-off (``http_rejections_paced``), so that a backend rejecting everything does not
 get the whole backlog at full speed (and the dead-letter file does not fill at disk
 speed); the first 2xx ends the run.
+
+``failures`` counts every failed request: an answer other than 2xx, a connection error or
+a timeout, whether it is then retried, split or dead-lettered.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class Sender:
         self._pace = Retry(backoff)  # the pause before a request after such a run
         # Counters (read by tests, benchmarks, and whoever wants to export them).
         self.requests = 0
+        self.failures = 0  # requests not answered 2xx (retried, split or dead-lettered)
         self.retries = 0
         self.records_sent = 0
         self.bytes_sent = 0
@@ -109,6 +113,8 @@ class Sender:
             async with self.session.post(self.url, data=payload, allow_redirects=False) as resp:
                 body = await resp.read()
                 self.last_status = resp.status
+                if not 200 <= resp.status < 300:
+                    self.failures += 1
                 return Answer(
                     resp.status,
                     body,
@@ -116,6 +122,7 @@ class Sender:
                     location=resp.headers.get("Location"),
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.failures += 1
             text = str(exc) or type(exc).__name__
             return Answer(None, error=self.scrub(f"{type(exc).__name__}: {text}"))
 

@@ -280,6 +280,33 @@ async def test_a_run_of_rejections_slows_down(
     assert not [e for e in logs if e["event"] == "http_rejections_paced"]
 
 
+async def test_failures_count_every_failed_request(
+    receiver: Receiver, make: Any, tmp_path: Path
+) -> None:
+    # The exporter retries inside send, so the pipeline never sees these failures: the
+    # exporter counts them itself (answers other than 2xx, connection errors, timeouts),
+    # and how many records were rejected for good (exported = accepted - rejected).
+    exp = await make(receiver, timeout_seconds=0.3)
+    receiver.script.extend([Answer(503), Answer(408), Answer(401), Answer(413)])
+    await exp.send(lines(0, 2))  # 503, 408, 401: retried; 413: split in two, each 200
+    assert exp.failures == 4 and exp.rejected_records == 0
+    receiver.script.append(Answer(400, b"bad"))
+    await exp.send(lines(2, 3))  # dead-lettered
+    assert exp.failures == 5 and exp.rejected_records == 3
+    assert numbers(receiver.accepted) == [0, 1]
+    receiver.delay = 0.5  # a timeout
+    task = asyncio.create_task(exp.send(lines(5, 1)))
+    await until(lambda: exp.failures >= 6)
+    receiver.delay = 0
+    await receiver.stop()  # refused connections
+    await until(lambda: exp.failures >= 8)
+    await receiver.start()
+    await asyncio.wait_for(task, 10)
+    assert exp.counters()["failures"] == exp.failures >= 8
+    assert exp.requests - exp.failures == 3  # the two halves, and the last one
+    assert exp.counters()["rejected_records"] == 3
+
+
 async def test_unwritable_dead_letter_file_is_retried(
     receiver: Receiver, make: Any, tmp_path: Path
 ) -> None:
