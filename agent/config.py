@@ -177,11 +177,31 @@ class Config(Section):
                 out[name] = adapter.validate_python(item)
             except ValidationError as exc:
                 errors.extend(_format_errors(exc, prefix=f"exporters.{name}"))
+        errors += _shared_paths(out)
         if errors:
             raise ValueError("; ".join(errors))
         if not out:
             raise ValueError("at least one exporter is needed")
         return out
+
+
+def _shared_paths(exporters: dict[str, Any]) -> list[str]:
+    """Two exporters writing one file would interleave and each undo the other's
+    recovery after a crash: an error naming both."""
+    owner: dict[str, str] = {}
+    errors = []
+    for name, ec in exporters.items():
+        path = getattr(ec, "path", None)
+        if ec.type != "file" or not isinstance(path, str):
+            continue
+        key = os.path.normpath(os.path.abspath(path))
+        if key in owner:
+            errors.append(
+                f"exporters.{name}.path: the same file as exporters.{owner[key]}.path ({key})"
+            )
+        else:
+            owner[key] = name
+    return errors
 
 
 def _type_names() -> str:
@@ -219,6 +239,31 @@ def parse(data: Any, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: " + "; ".join(_format_errors(exc))) from None
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, node: yaml.Node, first: yaml.Node) -> None:
+        super().__init__(
+            f"duplicate key {key!r} (first at line {first.start_mark.line + 1}); "
+            "YAML would silently keep the last one"
+        )
+        self.line = node.start_mark.line + 1
+        self.column = node.start_mark.column + 1
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, except that a key given twice in one mapping is an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<": merged keys are checked where they are written
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _DuplicateKey(key, key_node, seen[key])
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
+
+
 def load(path: str | os.PathLike[str] | None) -> Config:
     """Reads and validates the config file; ``None`` means built-in defaults."""
     if path is None:
@@ -230,7 +275,9 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"{p}: cannot read the config file: {reason}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{p}:{exc.line}:{exc.column}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

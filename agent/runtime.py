@@ -22,7 +22,7 @@ from agent import __version__
 from agent.config import Config
 from agent.delivery.buffer import DiskBuffer
 from agent.delivery.checkpoint import CheckpointError, CheckpointStore
-from agent.delivery.pipeline import Pipeline
+from agent.delivery.pipeline import ExporterStartError, Pipeline
 from agent.delivery.runner import ExporterRunner
 from agent.engine.client import Engine, EngineError
 from agent.engine.discovery import Discovery
@@ -44,6 +44,20 @@ log = structlog.get_logger("agent.runtime")
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad config, engine unreachable at start: something the operator must fix
 FIRST_CHECKPOINT_POLL_SECONDS = 0.05  # after a start: how soon a first delivery is noticed
+
+
+def _state_dir_problem(state_dir: str) -> tuple[str, str] | None:
+    """(its absolute path, why) when checkpoints and buffers cannot be written under
+    ``state_dir``; None when they can."""
+    path = Path(state_dir).absolute()
+    probe = path / ".write-probe"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return str(path), f"{exc.strerror or exc} ({exc.filename or path})"
+    return None
 
 
 class Runtime:
@@ -160,13 +174,30 @@ class Runtime:
             )
             return EXIT_USAGE
         host = cfg.agent.hostname or info.get("Name") or socket.gethostname()
+        problem = _state_dir_problem(cfg.state_dir)
+        if problem is not None:
+            await self.engine.close()
+            log.error(
+                "state_dir_unusable",
+                key="state_dir",
+                path=problem[0],
+                error=problem[1],
+                hint="the agent keeps checkpoints and disk buffers there: make it a writable "
+                "directory (a volume when the root file system is read-only)",
+            )
+            return EXIT_USAGE
         pipeline, followers, discovery = self._build(host)
         try:
             await pipeline.start()
-        except (OSError, ValueError) as exc:
+        except ExporterStartError as exc:
             await pipeline.close(0)
             await self.engine.close()
-            log.error("exporter_start_failed", error=str(exc))
+            log.error(
+                "exporter_start_failed",
+                exporter=exc.exporter,
+                key=f"exporters.{exc.exporter}",
+                error=exc.reason,
+            )
             return EXIT_USAGE
 
         loop = asyncio.get_running_loop()

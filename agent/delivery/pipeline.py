@@ -18,6 +18,23 @@ from agent.positions import FileMark, Position
 from agent.record import Record
 
 
+class ExporterStartError(Exception):
+    """An exporter (or its disk buffer) could not start: the agent must not read."""
+
+    def __init__(self, exporter: str, reason: str) -> None:
+        super().__init__(f"exporters.{exporter}: {reason}")
+        self.exporter = exporter
+        self.reason = reason
+
+
+def _reason(exc: BaseException) -> str:
+    """An OSError as "what: why, path" (its filename), anything else as its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)
+
+
 class Pipeline:
     """Readers call ``send``; the pipeline hands each batch to every interested exporter."""
 
@@ -27,10 +44,18 @@ class Pipeline:
         self.accepting = True
 
     async def start(self) -> None:
+        """Opens every disk buffer and exporter, then starts the workers. Raises
+        ExporterStartError naming the exporter (and the buffer, when it is the buffer)."""
         for runner in self.runners:
             if runner.buffer is not None:
-                await asyncio.to_thread(runner.buffer.open)
-            await runner.exporter.start()
+                try:
+                    await asyncio.to_thread(runner.buffer.open)
+                except OSError as exc:
+                    raise ExporterStartError(runner.name, f"buffer: {_reason(exc)}") from exc
+            try:
+                await runner.exporter.start()
+            except (OSError, ValueError) as exc:
+                raise ExporterStartError(runner.name, _reason(exc)) from exc
         for runner in self.runners:
             runner.start()
 

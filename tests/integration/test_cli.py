@@ -108,3 +108,44 @@ async def test_run_with_defaults_then_sigterm_drains_and_exits_0(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _last_event(stderr: str) -> dict:
+    return orjson.loads(stderr.strip().splitlines()[-1])
+
+
+def test_an_unusable_state_dir_or_output_path_is_exit_2_naming_the_key(
+    tmp_path: Path, engine_host: str
+) -> None:
+    """A state_dir or output path that cannot be written fails at start, naming the
+    key (it used to run on, failing every checkpoint write, or name the wrong file)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    cases = [
+        (
+            {"state_dir": str(blocker / "state")},
+            {"event": "state_dir_unusable", "key": "state_dir"},
+        ),
+        (
+            {
+                "state_dir": str(tmp_path / "state"),
+                "exporters": {"out": {"type": "file", "path": str(blocker / "out.ndjson")}},
+            },
+            {"event": "exporter_start_failed", "exporter": "out", "key": "exporters.out"},
+        ),
+    ]
+    for config, want in cases:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_bytes(orjson.dumps({"engine": {"host": engine_host}, **config}))
+        out = subprocess.run(
+            [*AGENT, "run", "--config", str(cfg)],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            cwd=tmp_path,
+            timeout=30,
+        )
+        assert out.returncode == 2, out.stderr
+        event = _last_event(out.stderr)
+        assert {k: event.get(k) for k in want} == want
+        assert str(blocker) in event["error"] + event.get("path", "")

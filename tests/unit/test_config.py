@@ -105,3 +105,54 @@ def test_reference_is_generated_from_the_declaration() -> None:
     )
     assert match, "docs/configuration.md lacks the config reference markers"
     assert match.group(1) == reference_markdown(), "run `make docs` to regenerate it"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("state_dir: /a\nstate_dir: /b\n", ":2:1: duplicate key 'state_dir' (first at line 1)"),
+        (
+            "exporters:\n  a: {type: file, path: /x}\n  a: {type: file, path: /y}\n",
+            ":3:3: duplicate key 'a' (first at line 2)",
+        ),
+        ("exporters:\n  a: {type: file, path: /x, path: /y}\n", ":2:29: duplicate key 'path'"),
+    ],
+)
+def test_a_duplicate_yaml_key_is_an_error_not_last_one_wins(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert f"{path}{where}" in str(info.value)
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "base: &b {type: file, queue_records: 10}\n"
+        "exporters:\n  a: {<<: *b, path: /x}\n  b: {<<: *b, path: /y}\n"
+    )
+    with pytest.raises(ConfigError, match="base: unknown key"):
+        load(path)  # the anchor's holder is not an option; the merges themselves are fine
+
+
+def test_two_file_exporters_writing_one_path_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"exporters.b.path: the same file as exporters.a.path"):
+        parse(
+            {
+                "exporters": {
+                    "a": {"type": "file", "path": "/var/log/x.ndjson"},
+                    "b": {"type": "file", "path": "/var/log/sub/../x.ndjson"},
+                }
+            }
+        )
+    parse(
+        {
+            "exporters": {
+                "a": {"type": "file", "path": "/x/a"},
+                "b": {"type": "file", "path": "/x/b"},
+            }
+        }
+    )
