@@ -33,6 +33,12 @@ _stream_of = operator.attrgetter("stream")
 COALESCE_RECORDS = 2048
 
 
+def _count(exporter: Exporter, attr: str) -> int:
+    """A counter the exporter may keep itself (0 when it keeps none)."""
+    value = getattr(exporter, attr, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 class ExporterRunner:
     """Owns one exporter: its queue, its optional disk buffer, its workers, its counters.
 
@@ -60,7 +66,8 @@ class ExporterRunner:
         self._idle.set()
         self._in_flight = 0  # records taken from the memory queue and not yet accepted
         self.received = 0
-        self.exported = 0
+        self.exported = 0  # records delivered: accepted by the exporter, not dead-lettered
+        self.dead_lettered = 0  # records of accepted batches the exporter dead-lettered
         self.dropped: collections.Counter[str] = collections.Counter()
         self.failures = 0
         self.last_error = ""
@@ -110,8 +117,16 @@ class ExporterRunner:
                 self.marks[cid] = FileMark.after(last, positions)
 
     async def _send(self, batch: list[Record]) -> None:
-        """Sends until the exporter accepts the batch, backing off between failures."""
+        """Sends until the exporter accepts the batch, backing off between failures.
+
+        An exporter that returns from ``send`` for records its backend refused for good
+        (http) counts them itself: ``dead_lettered_records`` (written to its dead-letter
+        file) and ``dead_letter_dropped_records`` (that file was at its cap). Those of this
+        batch are counted as dead-lettered or dropped (``dead_letter_full``), not exported.
+        """
         retry = Retry(self._backoff)
+        dead_before = _count(self.exporter, "dead_lettered_records")
+        lost_before = _count(self.exporter, "dead_letter_dropped_records")
         while True:
             try:
                 await self.exporter.send(batch)
@@ -134,7 +149,14 @@ class ExporterRunner:
         attempts = retry.reset()
         if attempts:
             log.info("exporter_recovered", exporter=self.name, attempts=attempts)
-        self.exported += len(batch)
+        dead = max(0, _count(self.exporter, "dead_lettered_records") - dead_before)
+        lost = max(0, _count(self.exporter, "dead_letter_dropped_records") - lost_before)
+        dead = min(dead, len(batch))
+        lost = min(lost, len(batch) - dead)
+        self.dead_lettered += dead
+        if lost:
+            self.dropped["dead_letter_full"] += lost
+        self.exported += len(batch) - dead - lost
 
     async def _work(self) -> None:
         while True:

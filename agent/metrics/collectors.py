@@ -3,6 +3,13 @@
 Collectors read the agent's current state at scrape time and never call the engine; a
 container's series exist while the inventory holds it (stats series only while it runs),
 so they are gone at the first scrape after it stops or is removed.
+
+A scrape has two steps. ``snapshot()`` runs on the event loop and copies what the scrape
+needs into plain frozen values (a few microseconds per container); ``*_families(snapshot)``
+builds the metric families from that copy alone, so it may run in a thread while the loop
+keeps changing the inventory and the counters. Nothing but a snapshot crosses to the
+thread: no live dict, inventory entry or runner is read there. ``collect()`` does both
+steps in the caller's thread, for a plain ``CollectorRegistry`` on the loop.
 """
 
 from __future__ import annotations
@@ -10,16 +17,18 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.metrics.inventory import HEALTH, STATES, ContainerInfo
-from agent.metrics.sample import StatsSample
+from agent.metrics.sample import NetCounters, StatsSample
 from agent.record import timestamp_to_unix
 
 if TYPE_CHECKING:
+    from agent.delivery.runner import ExporterRunner
     from agent.state import AgentState
 
 _NS = 1e9
@@ -31,42 +40,166 @@ def sanitize_label(name: str) -> str:
     return "container_label_" + _INVALID.sub("_", name)
 
 
-class ContainerCollector(Collector):
-    """Per-container metrics with cAdvisor's names, units and types."""
+# -- snapshots: plain copies taken on the event loop ----------------------------------------
 
-    def __init__(self, state: AgentState, label_allowlist: Iterable[str] = ()) -> None:
-        self.state = state
-        self.allow = list(label_allowlist)
-        self.extra_names = [sanitize_label(k) for k in self.allow]
 
-    def _labels(self, info: ContainerInfo) -> tuple[list[str], list[str]]:
-        cgroup = None
-        stats = self.state.stats
-        if stats is not None and stats.cgroup is not None:
-            cgroup = stats.cgroup._paths.get(info.meta.id)
-        cid = "/" + (cgroup or f"docker/{info.meta.id}")
-        names = ["id", "name", "image", *self.extra_names]
-        values = [cid, info.meta.name, info.meta.image]
-        values += [info.meta.labels.get(k, "") for k in self.allow]
-        return names, values
+@dataclass(frozen=True, slots=True)
+class ContainerRow:
+    """One container as one scrape sees it, copied from its ``ContainerInfo``."""
 
-    def describe(self) -> Iterator[Metric]:
-        return iter(())  # series vary with the containers: no fixed description
+    labels: tuple[str, ...]  # id, name, image, then the allowlisted labels' values
+    state: str
+    health: str | None
+    started_at: float | None
+    restarts: int
+    exit_code: int | None
+    oom_events: int
+    last_seen: float
+    log_lines: tuple[int, int]  # stdout, stderr
+    log_bytes: tuple[int, int]
+    last_log_timestamp: str | None
+    log_source: str
+    memory_limit: int
+    # A StatsSample is never changed once made (the stats collector replaces it whole);
+    # its dicts are copied anyway, so the build thread iterates nothing shared.
+    stats: StatsSample | None
+    networks: tuple[tuple[str, NetCounters], ...]
+    io: tuple[tuple[str, int, int], ...]  # device, bytes read, bytes written
 
-    def collect(self) -> Iterator[Metric]:
-        now = time.time()
-        containers = list(self.state.inventory.containers.values())
-        if not containers:
-            return
-        names, _ = self._labels(containers[0])
-        fam = _Families(names)
-        for info in containers:
-            _, lv = self._labels(info)
-            if info.stats is not None:
-                _resources(fam, lv, info, info.stats)
-            _lifecycle(fam, lv, info)
-            _logs(fam, lv, info, now)
-        yield from fam.values()
+
+@dataclass(frozen=True, slots=True)
+class ContainersSnapshot:
+    label_names: tuple[str, ...]
+    rows: tuple[ContainerRow, ...]
+    taken_at: float  # unix time, for the read lag
+
+
+def _row(info: ContainerInfo, cgroup: str | None, allow: list[str]) -> ContainerRow:
+    meta = info.meta
+    labels = (
+        "/" + (cgroup or f"docker/{meta.id}"),
+        meta.name,
+        meta.image,
+        *(meta.labels.get(k, "") for k in allow),
+    )
+    lines, chars, s = info.log_lines, info.log_bytes, info.stats
+    networks: tuple[tuple[str, NetCounters], ...] = ()
+    io: tuple[tuple[str, int, int], ...] = ()
+    if s is not None:
+        networks = tuple(s.networks.items())
+        reads, writes = s.io_read_bytes, s.io_write_bytes
+        if reads or writes:
+            io = tuple(
+                (dev, reads.get(dev, 0), writes.get(dev, 0)) for dev in sorted({*reads, *writes})
+            )
+    return ContainerRow(
+        labels,
+        info.state,
+        info.health,
+        info.started_at,
+        info.restarts,
+        info.exit_code,
+        info.oom_events,
+        info.last_seen,
+        (lines["stdout"], lines["stderr"]),
+        (chars["stdout"], chars["stderr"]),
+        info.last_log_timestamp,
+        info.log_source,
+        info.memory_limit,
+        s,
+        networks,
+        io,
+    )
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+# The counters some exporters keep themselves (the http exporter retries inside send):
+# attribute, metric name, help.
+OWN_COUNTERS = (
+    (
+        "requests",
+        "container_agent_exporter_requests",
+        "Requests the exporter sent to its backend, retries included.",
+    ),
+    (
+        "retries",
+        "container_agent_exporter_retries",
+        "Times the exporter sent a request again after a failure (connection error, "
+        "timeout, 429 or 5xx, or bulk items answered 429/5xx).",
+    ),
+    (
+        "dead_lettered_records",
+        "container_agent_exporter_dead_lettered_records",
+        "Records the exporter wrote to its dead-letter file because the backend refused "
+        "them for good (the exporter's own count).",
+    ),
+    (
+        "bytes_sent",
+        "container_agent_exporter_sent_bytes",
+        "Request body bytes the backend answered with a 2xx (compressed size when "
+        "compression is on).",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterRow:
+    name: str
+    received: int
+    exported: int
+    dead_lettered: int
+    dropped: tuple[tuple[str, int], ...]  # by reason, sorted
+    failures: int
+    queue_records: int
+    queue_capacity: int
+    healthy: bool
+    buffer_records: int | None  # None: no disk buffer
+    own: tuple[tuple[str, float], ...]  # OWN_COUNTERS the exporter has: (attribute, value)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSnapshot:
+    exporters: tuple[ExporterRow, ...]
+    engine_reconnects: int
+    engine_connected: bool
+    engine_events: int
+    containers_followed: int
+    stats_errors: int | None  # None: stats are off
+    stats_round_seconds: float | None
+
+
+def _exporter_row(r: ExporterRunner) -> ExporterRow:
+    exporter = r.exporter
+    counts = dict(r.dropped)
+    if r.buffer is not None:
+        counts.update(r.buffer.dropped)  # "buffer_full"
+    dropped = tuple(
+        (reason, counts.get(reason, 0)) for reason in sorted({"queue_full", "shutdown", *counts})
+    )
+    own = []
+    for attr, _, _ in OWN_COUNTERS:
+        value = _number(getattr(exporter, attr, None))
+        if value is not None:
+            own.append((attr, value))
+    return ExporterRow(
+        r.name,
+        r.received,
+        r.exported,
+        r.dead_lettered,
+        dropped,
+        r.failures + int(_number(getattr(exporter, "failures", 0)) or 0),
+        r.queue.size,
+        r.queue.capacity,
+        exporter.health().ok,
+        r.buffer.records if r.buffer is not None else None,
+        tuple(own),
+    )
+
+
+# -- families: built from a snapshot alone (any thread) -------------------------------------
 
 
 class _Families:
@@ -90,7 +223,21 @@ class _Families:
         return self._fam.values()
 
 
-def _resources(fam: _Families, lv: list[str], info: ContainerInfo, s: StatsSample) -> None:
+def container_families(snap: ContainersSnapshot) -> Iterator[Metric]:
+    """Per-container metrics with cAdvisor's names, units and types."""
+    if not snap.rows:
+        return
+    fam = _Families(list(snap.label_names))
+    for row in snap.rows:
+        lv = list(row.labels)
+        if row.stats is not None:
+            _resources(fam, lv, row, row.stats)
+        _lifecycle(fam, lv, row)
+        _logs(fam, lv, row, snap.taken_at)
+    yield from fam.values()
+
+
+def _resources(fam: _Families, lv: list[str], row: ContainerRow, s: StatsSample) -> None:
     """CPU, memory, processes, network and block I/O of a running container."""
     counter, gauge = fam.counter, fam.gauge
     counter(
@@ -109,21 +256,22 @@ def _resources(fam: _Families, lv: list[str], info: ContainerInfo, s: StatsSampl
         "container_memory_usage_bytes",
         "Current memory usage in bytes, including all memory regardless of when it was accessed",
     ).add_metric(lv, s.memory_usage)
-    gauge("container_memory_working_set_bytes", "Current working set in bytes.").add_metric(
-        lv, s.memory_working_set
-    )
+    gauge(
+        "container_memory_working_set_bytes",
+        "Current working set in bytes (usage minus inactive file cache).",
+    ).add_metric(lv, s.memory_working_set)
     gauge("container_memory_rss", "Size of RSS in bytes.").add_metric(lv, s.memory_rss)
     gauge("container_memory_cache", "Number of bytes of page cache memory.").add_metric(
         lv, s.memory_cache
     )
     gauge(
         "container_spec_memory_limit_bytes",
-        "Memory limit for the container (0: unlimited).",
-    ).add_metric(lv, info.memory_limit or s.memory_limit)
+        "Memory limit for the container in bytes (0: unlimited).",
+    ).add_metric(lv, row.memory_limit or s.memory_limit)
     gauge("container_processes", "Number of processes running inside the container.").add_metric(
         lv, s.pids
     )
-    for iface, n in s.networks.items():
+    for iface, n in row.networks:
         ilv = [*lv, iface]
         for direction, prefix, verb in (
             ("receive", "rx", "received"),
@@ -140,77 +288,245 @@ def _resources(fam: _Families, lv: list[str], info: ContainerInfo, s: StatsSampl
                     f"Cumulative count of {doc} {verb}",
                     ("interface",),
                 ).add_metric(ilv, getattr(n, f"{prefix}_{attr}"))
-    for dev in sorted(set(s.io_read_bytes) | set(s.io_write_bytes)):
+    for dev, read, written in row.io:
         counter(
             "container_fs_reads_bytes", "Cumulative count of bytes read", ("device",)
-        ).add_metric([*lv, dev], s.io_read_bytes.get(dev, 0))
+        ).add_metric([*lv, dev], read)
         counter(
             "container_fs_writes_bytes",
             "Cumulative count of bytes written",
             ("device",),
-        ).add_metric([*lv, dev], s.io_write_bytes.get(dev, 0))
+        ).add_metric([*lv, dev], written)
 
 
-def _lifecycle(fam: _Families, lv: list[str], info: ContainerInfo) -> None:
+def _lifecycle(fam: _Families, lv: list[str], row: ContainerRow) -> None:
     """State, health, starts, exits and OOM kills, from the engine's events."""
     counter, gauge = fam.counter, fam.gauge
-    gauge("container_last_seen", "Last time a container was seen by the exporter").add_metric(
-        lv, info.last_seen
-    )
-    if info.started_at:
+    gauge(
+        "container_last_seen",
+        "Last time (unix seconds) the agent saw the container: in a listing, an event or a "
+        "stats reading.",
+    ).add_metric(lv, row.last_seen)
+    if row.started_at:
         gauge(
             "container_start_time_seconds",
             "Start time of the container since unix epoch in seconds.",
-        ).add_metric(lv, info.started_at)
+        ).add_metric(lv, row.started_at)
     st = gauge(
         "container_state",
         "1 for the container's current state, 0 for the others.",
         ("state",),
     )
     for state in STATES:
-        st.add_metric([*lv, state], 1.0 if info.state == state else 0.0)
+        st.add_metric([*lv, state], 1.0 if row.state == state else 0.0)
     hs = gauge(
         "container_health_status",
         "1 for the container's current health status (none: no health check), 0 for the others.",
         ("status",),
     )
-    current = info.health or "none"
+    current = row.health or "none"
     for status in (*HEALTH, "none"):
         hs.add_metric([*lv, status], 1.0 if current == status else 0.0)
     counter(
         "container_restarts",
         "Starts of the container after its first, as seen by the agent.",
-    ).add_metric(lv, info.restarts)
-    if info.exit_code is not None:
+    ).add_metric(lv, row.restarts)
+    if row.exit_code is not None:
         gauge("container_last_exit_code", "Exit code of the container's last exit.").add_metric(
-            lv, info.exit_code
+            lv, row.exit_code
         )
-    counter("container_oom_events", "OOM events of the container.").add_metric(lv, info.oom_events)
+    counter(
+        "container_oom_events", "OOM events (oom) the engine reported for the container."
+    ).add_metric(lv, row.oom_events)
 
 
-def _logs(fam: _Families, lv: list[str], info: ContainerInfo, now: float) -> None:
+def _logs(fam: _Families, lv: list[str], row: ContainerRow, now: float) -> None:
     """Log lines and bytes read, the read lag and the source."""
-    for stream in ("stdout", "stderr"):
+    for i, stream in enumerate(("stdout", "stderr")):
         slv = [*lv, stream]
         fam.counter(
-            "container_log_lines", "Log lines delivered to the pipeline.", ("stream",)
-        ).add_metric(slv, info.log_lines[stream])
+            "container_log_lines",
+            "Log lines read from the container and handed to the pipeline (queued for the "
+            "exporters, or dropped by a full queue under when_full: drop_newest).",
+            ("stream",),
+        ).add_metric(slv, row.log_lines[i])
         fam.counter(
             "container_log_bytes",
-            "Characters of log messages delivered (bytes for ASCII).",
+            "Characters of those lines' messages (bytes for ASCII).",
             ("stream",),
-        ).add_metric(slv, info.log_bytes[stream])
-    if info.last_log_timestamp:
+        ).add_metric(slv, row.log_bytes[i])
+    if row.last_log_timestamp:
         fam.gauge(
             "container_agent_log_read_lag_seconds",
-            "Now minus the engine timestamp of the last log line delivered.",
-        ).add_metric(lv, max(0.0, now - float(timestamp_to_unix(info.last_log_timestamp))))
-    if info.log_source:
+            "Now minus the engine timestamp of the last log line handed to the pipeline "
+            "(grows while the container is quiet).",
+        ).add_metric(lv, max(0.0, now - float(timestamp_to_unix(row.last_log_timestamp))))
+    if row.log_source:
         fam.gauge(
             "container_agent_log_source",
             "1 for the log source the agent reads this container from.",
             ("source",),
-        ).add_metric([*lv, info.log_source], 1.0)
+        ).add_metric([*lv, row.log_source], 1.0)
+
+
+def agent_families(snap: AgentSnapshot) -> Iterator[Metric]:
+    """The agent's own health: records in and out per exporter, queues, engine, readers."""
+    yield from _pipeline(snap.exporters)
+    yield from _exporter_counters(snap.exporters)
+    yield from _engine(snap)
+
+
+def _pipeline(rows: tuple[ExporterRow, ...]) -> Iterator[Metric]:
+    """Records in, out and dropped per exporter; queues and health."""
+    received = CounterMetricFamily(
+        "container_agent_records_received",
+        "Records the pipeline handed to the exporter (those its container filter takes), "
+        "queued or dropped. Exporters that take no records (prometheus) stay at 0.",
+        labels=["exporter"],
+    )
+    exported = CounterMetricFamily(
+        "container_agent_records_exported",
+        "Records the exporter delivered: records of the batches it accepted, less those the "
+        "backend refused for good (dead-lettered, or dropped as dead_letter_full). With a "
+        "disk buffer, counted when they leave the buffer.",
+        labels=["exporter"],
+    )
+    dead = CounterMetricFamily(
+        "container_agent_records_dead_lettered",
+        "Records of the batches the exporter accepted that it wrote to its dead-letter file "
+        "instead of delivering (the backend refused them for good).",
+        labels=["exporter"],
+    )
+    dropped = CounterMetricFamily(
+        "container_agent_records_dropped",
+        "Records lost, by reason: queue_full (memory queue full under when_full: "
+        "drop_newest), buffer_full (disk buffer full under drop_newest or drop_oldest), "
+        "shutdown (still in the memory queue when the shutdown drain timed out), "
+        "dead_letter_full (refused for good by the backend while the dead-letter file was "
+        "at its cap).",
+        labels=["exporter", "reason"],
+    )
+    failures = CounterMetricFamily(
+        "container_agent_exporter_failures",
+        "Failed delivery attempts: sends that raised (the pipeline retries the batch) plus "
+        "the failed requests an exporter retries itself (http).",
+        labels=["exporter"],
+    )
+    depth = GaugeMetricFamily(
+        "container_agent_queue_records",
+        "Records waiting in the exporter's memory queue (not the batch being sent).",
+        labels=["exporter"],
+    )
+    capacity = GaugeMetricFamily(
+        "container_agent_queue_capacity_records",
+        "Records the exporter's memory queue holds before when_full applies (queue_records).",
+        labels=["exporter"],
+    )
+    up = GaugeMetricFamily(
+        "container_agent_exporter_healthy",
+        "1 when the exporter reports itself healthy (as in /readyz), else 0.",
+        labels=["exporter"],
+    )
+    for r in rows:
+        received.add_metric([r.name], r.received)
+        exported.add_metric([r.name], r.exported)
+        dead.add_metric([r.name], r.dead_lettered)
+        for reason, n in r.dropped:
+            dropped.add_metric([r.name, reason], n)
+        failures.add_metric([r.name], r.failures)
+        depth.add_metric([r.name], r.queue_records)
+        capacity.add_metric([r.name], r.queue_capacity)
+        up.add_metric([r.name], 1.0 if r.healthy else 0.0)
+    yield from (received, exported, dead, dropped, failures, depth, capacity, up)
+
+
+def _exporter_counters(rows: tuple[ExporterRow, ...]) -> Iterator[Metric]:
+    """Disk buffers, and counters some exporters keep themselves (the http exporter
+    retries inside send)."""
+    buffered = GaugeMetricFamily(
+        "container_agent_buffer_records",
+        "Records in the exporter's disk buffer not yet delivered (the batch being sent included).",
+        labels=["exporter"],
+    )
+    for r in rows:
+        if r.buffer_records is not None:
+            buffered.add_metric([r.name], r.buffer_records)
+    yield buffered
+    for attr, name, doc in OWN_COUNTERS:
+        fam = CounterMetricFamily(name, doc, labels=["exporter"])
+        for r in rows:
+            for key, value in r.own:
+                if key == attr:
+                    fam.add_metric([r.name], value)
+        if fam.samples:
+            yield fam
+
+
+def _engine(snap: AgentSnapshot) -> Iterator[Metric]:
+    """The engine connection, readers and stats rounds."""
+    yield CounterMetricFamily(
+        "container_agent_engine_reconnects",
+        "Times the agent connected to the engine again after losing its event stream.",
+        value=snap.engine_reconnects,
+    )
+    yield GaugeMetricFamily(
+        "container_agent_engine_connected",
+        "1 while the engine's event stream is open, else 0.",
+        value=1.0 if snap.engine_connected else 0.0,
+    )
+    yield CounterMetricFamily(
+        "container_agent_engine_events",
+        "Container events received on the engine's event stream.",
+        value=snap.engine_events,
+    )
+    yield GaugeMetricFamily(
+        "container_agent_containers_followed",
+        "Containers whose logs are being read now.",
+        value=snap.containers_followed,
+    )
+    if snap.stats_errors is not None:
+        yield CounterMetricFamily(
+            "container_agent_stats_errors",
+            "Stats readings that failed with an engine error (that container is skipped for "
+            "the round).",
+            value=snap.stats_errors,
+        )
+        yield GaugeMetricFamily(
+            "container_agent_stats_round_seconds",
+            "Duration of the last stats round (every running container read once).",
+            value=snap.stats_round_seconds or 0.0,
+        )
+
+
+# -- collectors: snapshot and build in one go ------------------------------------------------
+
+
+class ContainerCollector(Collector):
+    """Per-container metrics with cAdvisor's names, units and types."""
+
+    def __init__(self, state: AgentState, label_allowlist: Iterable[str] = ()) -> None:
+        self.state = state
+        self.allow = list(label_allowlist)
+        self.extra_names = [sanitize_label(k) for k in self.allow]
+
+    def snapshot(self) -> ContainersSnapshot:
+        """On the event loop: a copy of every container's values."""
+        paths: dict[str, str | None] = {}
+        stats = self.state.stats
+        if stats is not None and stats.cgroup is not None:
+            paths = stats.cgroup._paths
+        allow = self.allow
+        rows = tuple(
+            _row(info, paths.get(cid), allow)
+            for cid, info in list(self.state.inventory.containers.items())
+        )
+        return ContainersSnapshot(("id", "name", "image", *self.extra_names), rows, time.time())
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # series vary with the containers: no fixed description
+
+    def collect(self) -> Iterator[Metric]:
+        return container_families(self.snapshot())
 
 
 class AgentCollector(Collector):
@@ -219,124 +535,22 @@ class AgentCollector(Collector):
     def __init__(self, state: AgentState) -> None:
         self.state = state
 
+    def snapshot(self) -> AgentSnapshot:
+        """On the event loop: the runners' and the engine's counters."""
+        st = self.state
+        stats = st.stats
+        return AgentSnapshot(
+            tuple(_exporter_row(r) for r in st.pipeline.runners),
+            st.discovery.reconnects,
+            st.discovery.connected.is_set(),
+            st.discovery.events_seen,
+            st.followers.followed,
+            stats.errors if stats is not None else None,
+            stats.last_round_seconds if stats is not None else None,
+        )
+
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._pipeline()
-        yield from self._exporter_counters()
-        yield from self._engine()
-
-    def _pipeline(self) -> Iterator[Metric]:
-        """Records in, out and dropped per exporter; queues and health."""
-        st = self.state
-        received = CounterMetricFamily(
-            "container_agent_records_received",
-            "Records handed to the exporter's queue.",
-            labels=["exporter"],
-        )
-        exported = CounterMetricFamily(
-            "container_agent_records_exported",
-            "Records the exporter accepted.",
-            labels=["exporter"],
-        )
-        dropped = CounterMetricFamily(
-            "container_agent_records_dropped",
-            "Records dropped, by reason.",
-            labels=["exporter", "reason"],
-        )
-        failures = CounterMetricFamily(
-            "container_agent_exporter_failures", "Failed sends (each retried).", labels=["exporter"]
-        )
-        depth = GaugeMetricFamily(
-            "container_agent_queue_records",
-            "Records waiting in the exporter's queue.",
-            labels=["exporter"],
-        )
-        capacity = GaugeMetricFamily(
-            "container_agent_queue_capacity_records",
-            "Capacity of the exporter's queue.",
-            labels=["exporter"],
-        )
-        up = GaugeMetricFamily(
-            "container_agent_exporter_healthy",
-            "1 when the exporter reports itself healthy.",
-            labels=["exporter"],
-        )
-        for r in st.pipeline.runners:
-            received.add_metric([r.name], r.received)
-            exported.add_metric([r.name], r.exported)
-            counts = dict(r.dropped)
-            if r.buffer is not None:
-                counts.update(r.buffer.dropped)  # "buffer_full"
-            for reason in sorted({"queue_full", "shutdown", *counts}):
-                dropped.add_metric([r.name, reason], counts.get(reason, 0))
-            failures.add_metric([r.name], r.failures)
-            depth.add_metric([r.name], r.queue.size)
-            capacity.add_metric([r.name], r.queue.capacity)
-            up.add_metric([r.name], 1.0 if r.exporter.health().ok else 0.0)
-        yield from (received, exported, dropped, failures, depth, capacity, up)
-
-    def _exporter_counters(self) -> Iterator[Metric]:
-        """Disk buffers, and counters some exporters keep themselves (the http exporter
-        retries inside send)."""
-        st = self.state
-        buffered = GaugeMetricFamily(
-            "container_agent_buffer_records",
-            "Records waiting in the exporter's disk buffer.",
-            labels=["exporter"],
-        )
-        for r in st.pipeline.runners:
-            if r.buffer is not None:
-                buffered.add_metric([r.name], r.buffer.records)
-        yield buffered
-        for attr, name, doc in (
-            ("requests", "container_agent_exporter_requests", "Requests sent to the backend."),
-            ("retries", "container_agent_exporter_retries", "Requests retried."),
-            (
-                "dead_lettered_records",
-                "container_agent_exporter_dead_lettered_records",
-                "Records written to the dead-letter file.",
-            ),
-            ("bytes_sent", "container_agent_exporter_sent_bytes", "Bytes sent (compressed)."),
-        ):
-            fam = CounterMetricFamily(name, doc, labels=["exporter"])
-            for r in st.pipeline.runners:
-                value = getattr(r.exporter, attr, None)
-                if isinstance(value, int | float):
-                    fam.add_metric([r.name], value)
-            if fam.samples:
-                yield fam
-
-    def _engine(self) -> Iterator[Metric]:
-        """The engine connection, readers and stats rounds."""
-        st = self.state
-        yield CounterMetricFamily(
-            "container_agent_engine_reconnects",
-            "Times the agent reconnected to the engine.",
-            value=st.discovery.reconnects,
-        )
-        yield GaugeMetricFamily(
-            "container_agent_engine_connected",
-            "1 while the engine's event stream is open.",
-            value=1.0 if st.discovery.connected.is_set() else 0.0,
-        )
-        yield CounterMetricFamily(
-            "container_agent_engine_events",
-            "Container events received from the engine.",
-            value=st.discovery.events_seen,
-        )
-        yield GaugeMetricFamily(
-            "container_agent_containers_followed",
-            "Containers whose logs are being read now.",
-            value=st.followers.followed,
-        )
-        if st.stats is not None:
-            yield CounterMetricFamily(
-                "container_agent_stats_errors", "Stats readings that failed.", value=st.stats.errors
-            )
-            yield GaugeMetricFamily(
-                "container_agent_stats_round_seconds",
-                "Duration of the last stats round.",
-                value=st.stats.last_round_seconds,
-            )
+        return agent_families(self.snapshot())

@@ -213,3 +213,74 @@ async def test_stats_as_records(start_agent, containers) -> None:
     assert last["stats"]["cpu_usage_seconds"] > first["stats"]["cpu_usage_seconds"]
     assert last["stats"]["pids"] >= 1 and last["stats"]["source"] in ("cgroup", "api")
     assert set(last) >= {"kind", "timestamp", "container_id", "container_name", "image", "stats"}
+
+
+async def test_exported_dead_lettered_and_failures_tell_the_truth(
+    start_agent, containers, tmp_path
+) -> None:
+    """The http exporter retries inside send and parks refused records in its dead-letter
+    file: 503s count as failures, dead-lettered records are not counted as exported."""
+    from tests.http_receiver import Answer, Receiver
+    from tests.integration.helpers import FAST_RETRY, until
+
+    receiver = await Receiver().start()
+    receiver.script.extend(Answer(503, b"unavailable") for _ in range(3))
+    receiver.default = lambda got: (
+        Answer(400, b'{"error":"refused"}') if b'"message":"bad ' in got.body else None
+    )
+    port = free_port()
+    try:
+        agent = await start_agent(
+            exporters={
+                "http": {
+                    "type": "http",
+                    "url": receiver.url,
+                    "retry": FAST_RETRY,
+                    "batch": {"max_records": 10, "max_seconds": 0.1},
+                    "dead_letter_path": str(tmp_path / "dead.ndjson"),
+                },
+                "metrics": {"type": "prometheus", "listen": f"127.0.0.1:{port}"},
+            }
+        )
+        cid = await containers.run(
+            "for i in $(seq 0 59); do if [ $i -ge 20 ] && [ $i -lt 25 ]; "
+            'then echo "bad $i"; else echo "ok $i"; fi; done'
+        )
+        await containers.wait(cid)
+        [runner] = [r for r in agent.runtime.pipeline.runners if r.name == "http"]
+
+        def lines(status: range) -> int:
+            return sum(
+                r["kind"] == "log" and r["container_id"] == cid
+                for g in receiver.got
+                if g.status in status
+                for r in g.ndjson()
+            )
+
+        # Every line either delivered or dead-lettered (a refused request takes the good
+        # lines it carries with it).
+        await until(
+            lambda: lines(range(200, 300)) + lines(range(400, 401)) == 60, 30, "all 60 lines"
+        )
+        await until(
+            lambda: runner.received == runner.exported + runner.dead_lettered, 10, "a drained queue"
+        )
+        parsed = samples((await scrape(port))[0])
+    finally:
+        await receiver.stop()
+    accepted = sum(len(g.ndjson()) for g in receiver.accepted)
+    refused = sum(len(g.ndjson()) for g in receiver.got if g.status == 400)
+    not_2xx = sum(not 200 <= g.status < 300 for g in receiver.got)
+    assert refused >= 5 and not_2xx >= 3 + 1
+    assert value(parsed, "container_agent_records_exported_total", exporter="http") == accepted
+    assert value(parsed, "container_agent_records_dead_lettered_total", exporter="http") == refused
+    assert (
+        value(parsed, "container_agent_exporter_dead_lettered_records_total", exporter="http")
+        == refused
+    )
+    assert value(parsed, "container_agent_records_received_total", exporter="http") == (
+        accepted + refused
+    )
+    # Every request not answered 2xx: the three 503s and the 400s.
+    assert value(parsed, "container_agent_exporter_failures_total", exporter="http") == not_2xx
+    assert value(parsed, "container_agent_records_dead_lettered_total", exporter="metrics") == 0
