@@ -7,7 +7,10 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import os
+import signal
 import sys
+from pathlib import Path
 
 import orjson
 import structlog
@@ -15,7 +18,8 @@ import structlog
 from agent import __version__
 from agent import logging as agent_logging
 from agent.config import ConfigError, load, reference_markdown
-from agent.runtime import EXIT_OK, EXIT_USAGE, Runtime
+from agent.ops import health
+from agent.runtime import EXIT_OK, EXIT_USAGE, PID_FILE, Runtime
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("file", help="YAML config file")
     sub.add_parser("config-reference", help="print the config reference (Markdown)")
+    health.add_arguments(
+        sub.add_parser("health", help="ask the running agent's /healthz (exit 0 if it answers 200)")
+    )
+    reload = sub.add_parser(
+        "reload", help="make the running agent read its config file again (SIGHUP)"
+    )
+    reload.add_argument("--config", "-c", help="its config file (to find its state_dir)")
+    reload.add_argument("--pid-file", help="the agent's pid file (default <state_dir>/agent.pid)")
     return parser
 
 
@@ -43,9 +55,13 @@ GC_THRESHOLD = 20_000  # allocations between two young-generation collections (d
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "health":
+        return health.main(args)
     if args.command == "config-reference":
         sys.stdout.write(reference_markdown())
         return EXIT_OK
+    if args.command == "reload":
+        return _reload(args)
     if args.command == "check-config":
         try:
             config = load(args.file)
@@ -66,10 +82,28 @@ def main(argv: list[str] | None = None) -> int:
     agent_logging.configure(config.agent.log_level, config.agent.log_format)
     tune_gc()
     try:
-        return asyncio.run(Runtime(config).run())
+        return asyncio.run(Runtime(config, args.config).run())
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
         structlog.get_logger("agent").warning("agent_interrupted")
         return 130
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """Sends SIGHUP to the agent whose pid file is under the config's state_dir."""
+    pid_file = args.pid_file
+    if pid_file is None:
+        try:
+            config = load(args.config)
+        except ConfigError as exc:
+            return _error(f"config error: {exc}")
+        pid_file = os.path.join(config.state_dir, PID_FILE)
+    try:
+        pid = int(Path(pid_file).read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        return _error(f"cannot signal the agent through {pid_file}: {exc}")
+    print(f"container-agent: reload requested (pid {pid}); its log says whether it applied")
+    return EXIT_OK
 
 
 def tune_gc() -> None:

@@ -26,9 +26,11 @@ from agent.delivery.pipeline import ExporterStartError, Pipeline
 from agent.delivery.runner import ExporterRunner
 from agent.engine.client import Engine, EngineError
 from agent.engine.discovery import Discovery
+from agent.fsutil import atomic_write
 from agent.metrics.inventory import Inventory
 from agent.metrics.stats import StatsCollector
 from agent.positions import FileMark, Position
+from agent.reload import Reloader
 from agent.retry import Backoff
 from agent.sources.api.source import ApiLogSource
 from agent.sources.choice import SourceChooser
@@ -46,6 +48,15 @@ EXIT_USAGE = 2  # bad config, engine unreachable at start: something the operato
 FIRST_CHECKPOINT_POLL_SECONDS = 0.05  # after a start: how soon a first delivery is noticed
 
 
+PID_FILE = "agent.pid"  # under state_dir: `container-agent reload` signals this process
+
+
+def write_pid_file(state_dir: str) -> Path:
+    path = Path(state_dir) / PID_FILE
+    atomic_write(path, f"{os.getpid()}\n".encode(), fsync=False)
+    return path
+
+
 def _state_dir_problem(state_dir: str) -> tuple[str, str] | None:
     """(its absolute path, why) when checkpoints and buffers cannot be written under
     ``state_dir``; None when they can."""
@@ -61,8 +72,9 @@ def _state_dir_problem(state_dir: str) -> tuple[str, str] | None:
 
 
 class Runtime:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # what a reload (SIGHUP) reads again
         self.engine = Engine(config.engine.host)
         self.stopping = asyncio.Event()
         self.pipeline: Pipeline | None = None
@@ -74,22 +86,31 @@ class Runtime:
         self._marks: dict[str, FileMark] = {}
         self.state: AgentState | None = None
         self.supervisor = Supervisor(self._backoff())
+        self.chooser: SourceChooser | None = None
+        self.reloader = Reloader(self, config_path)
+        self._reloads: set[asyncio.Task[bool]] = set()
         self._signals = 0
 
     def _backoff(self) -> Backoff:
         eng = self.config.engine
         return Backoff(eng.reconnect_min_seconds, eng.reconnect_max_seconds)
 
-    def _runner(self, name: str, ec: ExporterConfig) -> ExporterRunner:
-        buffer = None
-        if ec.buffer.type == "disk":
-            buffer = DiskBuffer(
-                Path(self.config.state_dir) / "buffers" / name,
-                ec.buffer.max_bytes,
-                ec.buffer.when_full,
-                ec.buffer.fsync,
-            )
-        return ExporterRunner(REGISTRY[ec.type](name, ec), ec, self._backoff(), buffer)
+    def make_buffer(self, name: str, ec: ExporterConfig) -> DiskBuffer:
+        return DiskBuffer(
+            Path(self.config.state_dir) / "buffers" / name,
+            ec.buffer.max_bytes,
+            ec.buffer.when_full,
+            ec.buffer.fsync,
+        )
+
+    def make_runner(self, name: str, ec: ExporterConfig, buffer: bool = True) -> ExporterRunner:
+        """The exporter ``name`` with its runner (and its disk buffer unless ``buffer`` is
+        False: a reload that keeps the running one), bound to the agent's state."""
+        disk = self.make_buffer(name, ec) if buffer and ec.buffer.type == "disk" else None
+        runner = ExporterRunner(REGISTRY[ec.type](name, ec), ec, self._backoff(), disk)
+        if self.state is not None:
+            runner.exporter.bind(self.state)
+        return runner
 
     def _load_checkpoints(self) -> str:
         """Seeds the readers' positions from the checkpoint file; returns the start policy
@@ -159,6 +180,13 @@ class Runtime:
             log.warning("agent_forced_exit")
             os._exit(1)
 
+    def request_reload(self) -> None:
+        """SIGHUP: reads and applies the config file again (one reload at a time)."""
+        log.info("config_reload_requested", path=self.config_path)
+        task = asyncio.create_task(self.reloader.reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
     async def run(self) -> int:
         cfg = self.config
         try:
@@ -204,6 +232,9 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        pid_file = write_pid_file(cfg.state_dir)
         first: list[dict[str, Any]] = [info]  # the /info answer, for discovery's first run
         self.supervisor.start(
             "discovery", lambda: discovery.run(first=first.pop() if first else None)
@@ -230,10 +261,15 @@ class Runtime:
             )
             await self.stopping.wait()
         finally:
+            for task in list(self._reloads):  # a reload under way ends before the drain
+                task.cancel()
+            await asyncio.gather(*self._reloads, return_exceptions=True)
             await self._shutdown()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
         return EXIT_OK
 
     def _build(self, host: str) -> tuple[Pipeline, LogFollowers, Discovery]:
@@ -241,13 +277,14 @@ class Runtime:
         readers, discovery, checkpoints (loaded), stats, and the state the exporters see."""
         cfg = self.config
         exporters.load_all()
-        runners = [self._runner(name, ec) for name, ec in cfg.exporters.items()]
+        runners = [self.make_runner(name, ec) for name, ec in cfg.exporters.items()]
         self.pipeline = Pipeline(runners)
         backoff = self._backoff()
         api_source = ApiLogSource(self.engine, cfg.logs.max_message_bytes)
         files_source = JsonFileLogSource(
             self.engine, cfg.logs.containers_dir, cfg.logs.max_message_bytes
         )
+        self.chooser = SourceChooser(cfg.logs.source, api_source, files_source)
         self.followers = LogFollowers(
             self.engine,
             api_source,
@@ -255,7 +292,7 @@ class Runtime:
             cfg.containers,
             host,
             backoff,
-            choose_source=SourceChooser(cfg.logs.source, api_source, files_source),
+            choose_source=self.chooser,
         )
         inventory = Inventory()
         self.followers.inventory = inventory

@@ -35,6 +35,23 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
+async def _start_exporter(runner: ExporterRunner) -> None:
+    try:
+        await runner.exporter.start()
+    except (OSError, ValueError) as exc:
+        raise ExporterStartError(runner.name, _reason(exc)) from exc
+
+
+async def _open(runner: ExporterRunner) -> None:
+    """Opens the runner's disk buffer (if any) and its exporter."""
+    if runner.buffer is not None:
+        try:
+            await asyncio.to_thread(runner.buffer.open)
+        except OSError as exc:
+            raise ExporterStartError(runner.name, f"buffer: {_reason(exc)}") from exc
+    await _start_exporter(runner)
+
+
 class Pipeline:
     """Readers call ``send``; the pipeline hands each batch to every interested exporter."""
 
@@ -42,26 +59,73 @@ class Pipeline:
         self.runners = list(runners)
         self._takers = [r for r in self.runners if r.exporter.accepts_records]
         self.accepting = True
+        self._open = asyncio.Event()  # cleared while a reload swaps exporters
+        self._open.set()
 
     async def start(self) -> None:
         """Opens every disk buffer and exporter, then starts the workers. Raises
         ExporterStartError naming the exporter (and the buffer, when it is the buffer)."""
         for runner in self.runners:
-            if runner.buffer is not None:
-                try:
-                    await asyncio.to_thread(runner.buffer.open)
-                except OSError as exc:
-                    raise ExporterStartError(runner.name, f"buffer: {_reason(exc)}") from exc
-            try:
-                await runner.exporter.start()
-            except (OSError, ValueError) as exc:
-                raise ExporterStartError(runner.name, _reason(exc)) from exc
+            await _open(runner)
         for runner in self.runners:
             runner.start()
+
+    # -- a reload: exporters added, removed or swapped while the agent runs ---------------
+
+    def pause(self) -> None:
+        """New batches wait (their readers with them) until ``resume``."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    def _set_runners(self, runners: list[ExporterRunner]) -> None:
+        self.runners = runners
+        self._takers = [r for r in runners if r.exporter.accepts_records]
+
+    async def add(self, runner: ExporterRunner) -> None:
+        await _open(runner)
+        runner.start()
+        self._set_runners([*self.runners, runner])
+
+    async def remove(self, name: str, deadline: float) -> None:
+        """Takes the exporter out, delivers what it holds until ``deadline``, closes it."""
+        runner = next(r for r in self.runners if r.name == name)
+        self._set_runners([r for r in self.runners if r is not runner])
+        await runner.drain(deadline)
+        await runner.stop(reason="removed")
+
+    async def swap(self, new: ExporterRunner, deadline: float, keep_buffer: bool) -> None:
+        """Replaces the exporter of ``new``'s name by ``new``, which takes over the old
+        one's queue (its batches, and readers waiting for room in it) and, with
+        ``keep_buffer``, its open disk buffer. If ``new`` cannot start, the old one
+        goes on as it was and ExporterStartError is raised."""
+        old = next(r for r in self.runners if r.name == new.name)
+        await old.retire(deadline)
+        new.queue = old.queue
+        new.queue.capacity = new.config.queue_records
+        if keep_buffer:
+            new.buffer = old.buffer
+        elif old.buffer is not None:
+            await asyncio.to_thread(old.buffer.close)
+        try:
+            if new.buffer is not None and not keep_buffer:
+                await asyncio.to_thread(new.buffer.open)
+            await _start_exporter(new)
+        except ExporterStartError:
+            await _start_exporter(old)  # it started once: the old config goes on
+            if old.buffer is not None and not keep_buffer:
+                await asyncio.to_thread(old.buffer.open)
+            old.start()
+            raise
+        new.start()
+        self._set_runners([new if r is old else r for r in self.runners])
 
     async def send(self, batch: list[Record]) -> None:
         if not batch:
             return
+        if not self._open.is_set():
+            await self._open.wait()
         waits = []
         for runner in self._takers:
             part = runner.wants(batch)

@@ -33,6 +33,14 @@ class RecordQueue:
         if not self.has_room():
             self._room.clear()
 
+    def put_front(self, batch: list[Record]) -> None:
+        """Puts a batch taken out back at the head of the queue (its order kept)."""
+        self._batches.appendleft(batch)
+        self.size += len(batch)
+        self._not_empty.set()
+        if not self.has_room():
+            self._room.clear()
+
     async def put(self, batch: list[Record]) -> None:
         """Waits for room, then queues. Cancelled while waiting, it still queues the
         batch (over capacity): a shutdown must not lose lines already read."""

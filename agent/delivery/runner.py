@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import operator
 import time
+from typing import Any
 
 import structlog
 
@@ -65,6 +67,9 @@ class ExporterRunner:
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight = 0  # records taken from the memory queue and not yet accepted
+        self._current: list[Record] | None = None  # that batch
+        self._free = asyncio.Event()  # set while no batch is being sent
+        self._free.set()
         self.received = 0
         self.exported = 0  # records delivered: accepted by the exporter, not dead-lettered
         self.dead_lettered = 0  # records of accepted batches the exporter dead-lettered
@@ -161,33 +166,65 @@ class ExporterRunner:
     async def _work(self) -> None:
         while True:
             batch = await self.queue.get(COALESCE_RECORDS)
-            self._in_flight = len(batch)
+            self._take(batch)
             await self._send(batch)
             self._ack(batch)
-            self._in_flight = 0
-            if not self.queue.size:
-                self._idle.set()
+            self._done_with(batch)
 
     async def _spool(self) -> None:
-        """Memory queue → disk buffer; a batch on disk counts as accepted."""
+        """Memory queue → disk buffer; a batch on disk counts as accepted. An append that
+        fails (a full disk) left the buffer as it was: it is retried with back-off."""
         assert self.buffer is not None
         while True:
             batch = await self.queue.get(COALESCE_RECORDS)
-            self._in_flight = len(batch)
-            await self.buffer.append(batch)
+            self._take(batch)
+            await self._retrying("buffer_append_failed", self.buffer.append, batch)
             self._ack(batch)
-            self._in_flight = 0
-            if not self.queue.size:
-                self._idle.set()
+            self._done_with(batch)
 
     async def _unspool(self) -> None:
         """Disk buffer → exporter, in order; the cursor moves once a batch is accepted."""
         assert self.buffer is not None
+        buffer = self.buffer
         while True:
-            records, cursor = await self.buffer.read(COALESCE_RECORDS)
+            records, cursor = await self._retrying(
+                "buffer_read_failed", buffer.read, COALESCE_RECORDS
+            )
             if records:
                 await self._send(records)
-            await self.buffer.commit(cursor)
+            await self._retrying("buffer_commit_failed", buffer.commit, cursor)
+
+    async def _retrying(self, event: str, call: Any, *args: Any) -> Any:
+        """``await call(*args)``, retried with back-off while it raises OSError."""
+        retry = Retry(self._backoff)
+        while True:
+            try:
+                return await call(*args)
+            except OSError as exc:
+                self.failures += 1
+                self.last_error = f"{event}: {exc.strerror or exc}"
+                delay = retry.next_delay()
+                if retry.attempt & (retry.attempt - 1) == 0:  # 1, 2, 4, …
+                    log.error(
+                        event,
+                        exporter=self.name,
+                        error=str(exc),
+                        failures=retry.attempt,
+                        retry_in=round(delay, 3),
+                    )
+                await asyncio.sleep(delay)
+
+    def _take(self, batch: list[Record]) -> None:
+        self._current = batch
+        self._in_flight = len(batch)
+        self._free.clear()
+
+    def _done_with(self, batch: list[Record]) -> None:
+        self._current = None
+        self._in_flight = 0
+        self._free.set()
+        if not self.queue.size:
+            self._idle.set()
 
     @property
     def buffered(self) -> int:
@@ -210,20 +247,50 @@ class ExporterRunner:
         except TimeoutError:
             pass
 
-    async def stop(self) -> None:
-        """Cancels the workers; what is still queued in memory is counted as dropped."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+    async def stop(self, reason: str = "shutdown") -> None:
+        """Cancels the workers; what is still queued in memory is counted as dropped
+        (``reason``: ``shutdown``, or ``removed`` by a reload)."""
+        await self._cancel_workers()
         lost = self.queue.size + self._in_flight
         if lost:
-            self.dropped["shutdown"] += lost
-            log.error("exporter_drain_incomplete", exporter=self.name, lost=lost)
+            self.dropped[reason] += lost
+            log.error("exporter_drain_incomplete", exporter=self.name, lost=lost, reason=reason)
         if self.buffer is not None:
             if self.buffer.records:
                 log.info("buffer_kept", exporter=self.name, records=self.buffer.records)
             await asyncio.to_thread(self.buffer.close)
+        await self._close_exporter()
+
+    async def retire(self, deadline: float) -> None:
+        """Hands this exporter's queue (and disk buffer) over to a successor (a reload):
+        stops the workers once the batch being sent is done, or at ``deadline``, when an
+        unsent batch goes back to the front of the queue; then closes the exporter. The
+        queue and the buffer stay open for the successor."""
+        timeout = max(0.0, deadline - time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._free.wait()
+        current = self._current
+        await self._cancel_workers()
+        if current is not None and self.buffer is None:
+            self.queue.put_front(current)
+            log.warning(
+                "exporter_batch_requeued",
+                exporter=self.name,
+                records=len(current),
+                reason="the exporter was still sending it when a reload replaced it",
+            )
+        self._current = None
+        self._in_flight = 0
+        await self._close_exporter()
+
+    async def _cancel_workers(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _close_exporter(self) -> None:
         try:
             await self.exporter.close()
         except Exception as exc:  # closing must not stop the others from closing

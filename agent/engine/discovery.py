@@ -142,6 +142,20 @@ class Discovery:
                     del self.inventory.containers[cid]
         self.connected.set()
 
+    async def refollow(self) -> None:
+        """Follows every running container the (new) filter takes (a reload); readers
+        already running are left alone."""
+        try:
+            listed = await self.engine.list_containers(all=False)
+        except EngineError as exc:
+            log.warning("refollow_failed", error=str(exc))  # the next reconnect lists again
+            return
+        for c in listed:
+            meta = ContainerMeta.from_list(c, self.host)
+            if self.containers.accepts(meta):
+                self.inventory.seen_in_listing(meta, c.get("State") or "running")
+                self.followers.follow(meta)
+
     async def _events(self) -> None:
         async for event in self.engine.events(since=self._since, filters={"type": ["container"]}):
             await self._handle(event)

@@ -7,6 +7,7 @@ import os
 import structlog
 
 from agent.record import ContainerMeta
+from agent.sources.api.source import ApiLogSource
 from agent.sources.base import LogSource
 from agent.sources.jsonfile.source import JsonFileLogSource
 
@@ -36,12 +37,17 @@ class SourceChooser:
     API; ``api`` always uses the API.
     """
 
-    def __init__(self, mode: str, api: LogSource, files: JsonFileLogSource) -> None:
-        self.mode = mode
+    def __init__(self, mode: str, api: ApiLogSource, files: JsonFileLogSource) -> None:
         self.api = api
         self.files = files
-        self.dir_problem = _dir_problem(files.containers_dir) if mode != "api" else None
+        self.reconfigure(mode)
+
+    def reconfigure(self, mode: str) -> None:
+        """``logs.source`` set (again): for readers started from now on."""
+        self.mode = mode
+        self.dir_problem = _dir_problem(self.files.containers_dir) if mode != "api" else None
         if self.dir_problem is not None:
+            files = self.files
             (log.warning if mode == "files" else log.info)(
                 "log_files_unreadable",
                 containers_dir=files.containers_dir,

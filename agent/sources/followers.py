@@ -97,6 +97,17 @@ class LogFollowers:
         if not task.cancelled() and task.exception() is not None:
             log.error("log_reader_crashed", id=container_id[:12], error=repr(task.exception()))
 
+    def refilter(self, containers: ContainerFilter) -> None:
+        """A new container filter (a reload): readers of containers it no longer takes
+        stop; their positions stay, so a container taken again resumes where it was."""
+        self.containers = containers
+        for cid, reader in list(self.readers.items()):
+            if not containers.accepts(reader.meta):
+                task = self._tasks.get(cid)
+                if task is not None:
+                    task.cancel()
+                log.info("container_unfollowed", container=reader.meta.name, id=cid[:12])
+
     def rename(self, container_id: str, meta: ContainerMeta) -> None:
         self.metas[container_id] = meta
         reader = self.readers.get(container_id)
