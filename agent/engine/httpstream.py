@@ -145,20 +145,19 @@ def dechunk(raw: bytes) -> tuple[list[bytes], int, bool]:
 
 
 def _dechunk_py(raw: bytes) -> tuple[list[bytes], int, bool]:
-    """``dechunk`` without the extension: split at every CRLF and check the sizes in bulk."""
+    """``dechunk`` without the extension: split at every CRLF and check the sizes in bulk
+    (hex digits only, as ``_chunk_size`` takes them)."""
     pieces = raw.split(_CRLF)
     complete = pieces[:-1]  # each was followed by CRLF
-    if len(complete) % 2:
-        complete.pop()  # a size line whose data has not fully arrived
-    if complete:
-        try:
-            sizes = list(map(int, complete[0::2], itertools.repeat(16)))
-        except ValueError:
-            sizes = []
+    waiting = complete.pop() if len(complete) % 2 else None  # a size line, its data to come
+    if complete and (waiting is None or _HEX.issuperset(waiting)):
+        size_lines = complete[0::2]
         datas = complete[1::2]
-        if sizes and 0 not in sizes and sizes == list(map(len, datas)):
-            consumed = sum(map(len, complete)) + 2 * len(complete)
-            return datas, consumed, False
+        if all(size_lines) and _HEX.issuperset(b"".join(size_lines)):
+            sizes = list(map(int, size_lines, itertools.repeat(16)))
+            if 0 not in sizes and sizes == list(map(len, datas)):
+                consumed = sum(map(len, complete)) + 2 * len(complete)
+                return datas, consumed, False
     return _dechunk_each(raw)
 
 

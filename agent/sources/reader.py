@@ -149,6 +149,7 @@ class ContainerReader:
                 error=str(exc),
             )
             return False
+        self.wake.clear()  # before the inspect: a follow() made meanwhile still wakes it
         exists = await self._exists()
         if exists is False:
             self._gone(str(exc))
@@ -164,7 +165,6 @@ class ContainerReader:
                 failures=n,
                 retry_in=round(delay, 3),
             )
-        self.wake.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self.wake.wait()

@@ -196,21 +196,9 @@ def test_a_signed_or_prefixed_chunk_size_is_malformed_not_a_loop(size: bytes, im
     ],
     ids=["plus", "0x", "underscore", "bad-last-line"],
 )
-def test_a_malformed_size_line_is_refused_whatever_the_path(
-    raw: bytes, impl: str, request: pytest.FixtureRequest
-) -> None:
+def test_a_malformed_size_line_is_refused_whatever_the_path(raw: bytes, impl: str) -> None:
     """Found by the fuzz test with other seeds (CA_TEST_SEED=540, case 20, python):
     sizes whose data length matches, and a complete bad size line at the end."""
-    if impl == "python":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="defect: httpstream._dechunk_py parses sizes with int(x, 16), which "
-                "takes '+5', '0x5', '1_0' (C and _chunk_size refuse them), and drops a "
-                "complete last size line as if its data were still to come, so a "
-                "malformed one is not refused until more data arrives",
-            )
-        )
     with pytest.raises(HttpStreamError, match="chunk size"):
         httpstream._dechunk_each(raw)
     with pytest.raises(HttpStreamError, match="chunk size"):

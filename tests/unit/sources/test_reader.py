@@ -382,14 +382,6 @@ async def test_follow_wakes_a_reader_waiting_in_back_off() -> None:
     assert len(source.given) == 2 and h.followers.positions[CID] == {"stdout": Position(ts(1), 1)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="defect: ContainerReader._retry clears `wake` after the inspect that follows a "
-    "failed read, so a follow() (discovery: the engine is back) made while that inspect "
-    "is pending is lost and the reader sleeps its whole back-off (up to "
-    "engine.reconnect_max_seconds); clearing before the inspect (or the read) would keep it",
-)
 async def test_a_follow_during_the_inspect_after_a_failed_read_wakes_the_reader() -> None:
     source = ScriptedSource([EngineError("engine gone")], [[line(1)], StreamEnd.STOPPED])
     h = Harness(source, wait=60.0)
