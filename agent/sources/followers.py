@@ -124,7 +124,9 @@ class LogFollowers:
         self.metas.pop(container_id, None)
 
     def prune(self, existing: set[str]) -> None:
-        for cid in list(self.positions):
+        """Forgets containers the engine no longer has (a listing after a reconnect):
+        also those only ever seen, never read (an excluded container's metadata)."""
+        for cid in set(self.positions) | set(self.metas):
             if cid not in existing and cid not in self._tasks:
                 self.positions.pop(cid, None)
                 self.marks.pop(cid, None)

@@ -224,6 +224,17 @@ async def test_prune_drops_what_is_gone_unless_being_read() -> None:
     assert set(followers.positions) == {A} and set(followers.metas) == {A}
 
 
+async def test_prune_drops_the_metadata_of_a_container_only_ever_excluded() -> None:
+    """An excluded container's metadata is kept from its first sighting; if its destroy
+    event is missed (an outage), the next listing without it drops it."""
+    followers, _source, _ = make()
+    followers.containers = ContainerFilter.model_validate({"exclude": {"name": ["noisy"]}})
+    followers.follow(meta(B, name="/noisy"))
+    assert B in followers.metas and B not in followers.readers
+    followers.prune({A})
+    assert B not in followers.metas
+
+
 async def test_rename_updates_the_readers_meta() -> None:
     followers, source, _ = make()
     followers.follow(meta(A))
