@@ -1,7 +1,14 @@
 {{/*
 Pod spec of the agent, included by daemonset.yaml.
+
+api mode (default): mounts the engine socket only (plus state, config, /tmp), runs as the
+image's non-root uid with the socket's group. files mode: also mounts the node's
+container directory read-only and runs as uid 0. Both: every capability dropped,
+read-only root filesystem, no privilege escalation, seccomp RuntimeDefault.
 */}}
 {{- define "container-agent.pod" -}}
+{{- $sc := include "container-agent.securityContext" . | fromYaml -}}
+{{- $files := include "container-agent.filesMode" . -}}
 serviceAccountName: {{ include "container-agent.serviceAccountName" . }}
 automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountToken }}
 {{- with .Values.imagePullSecrets }}
@@ -11,11 +18,46 @@ imagePullSecrets:
 {{- with .Values.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
-{{- with .Values.podSecurityContext }}
+{{- with include "container-agent.podSecurityContext" . }}
 securityContext:
-  {{- toYaml . | nindent 2 }}
+  {{- . | nindent 2 }}
 {{- end }}
 terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+{{- if and (eq .Values.state.type "hostPath") .Values.state.initChown.enabled }}
+initContainers:
+  # The kubelet creates a hostPath directory as root: give the state directory to the
+  # agent's user before it starts. Root, but with CHOWN as its only capability.
+  - name: state-owner
+    image: {{ include "container-agent.image" . | quote }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    command:
+      - chown
+      - -R
+      - -h
+      - {{ printf "%d:%d" (int64 $sc.runAsUser) (int64 (hasKey $sc "runAsGroup" | ternary $sc.runAsGroup $sc.runAsUser)) | quote }}
+      - {{ .Values.state.mountPath | quote }}
+    securityContext:
+      runAsUser: 0
+      runAsGroup: 0
+      runAsNonRoot: false
+      allowPrivilegeEscalation: false
+      privileged: false
+      readOnlyRootFilesystem: true
+      capabilities:
+        drop:
+          - ALL
+        add:
+          - CHOWN
+      seccompProfile:
+        type: RuntimeDefault
+    {{- with .Values.state.initChown.resources }}
+    resources:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    volumeMounts:
+      - name: state
+        mountPath: {{ .Values.state.mountPath }}
+{{- end }}
 containers:
   - name: {{ .Chart.Name }}
     image: {{ include "container-agent.image" . | quote }}
@@ -24,6 +66,8 @@ containers:
     args:
       {{- toYaml . | nindent 6 }}
     {{- end }}
+    # Relative paths in the config (e.g. ./var/dead-letter/) land on the state volume.
+    workingDir: {{ .Values.state.mountPath }}
     env:
       - name: CONTAINER_AGENT_HOSTNAME
         valueFrom:
@@ -58,10 +102,8 @@ containers:
       failureThreshold: {{ .failureThreshold }}
     {{- end }}
     {{- end }}
-    {{- with .Values.securityContext }}
     securityContext:
-      {{- toYaml . | nindent 6 }}
-    {{- end }}
+      {{- toYaml $sc | nindent 6 }}
     {{- with .Values.resources }}
     resources:
       {{- toYaml . | nindent 6 }}
@@ -76,7 +118,21 @@ containers:
       - name: tmp
         mountPath: /tmp
       {{- end }}
-      {{- range .Values.hostPaths }}
+      # Root-equivalent on the node (see the chart's README). A read-only mount would
+      # not restrict the API: connecting to a socket needs write access.
+      - name: docker-socket
+        mountPath: {{ .Values.engineSocket.mountPath }}
+      {{- if $files }}
+      - name: docker-containers
+        mountPath: {{ .Values.containersDir.mountPath }}
+        readOnly: true
+      {{- end }}
+      {{- if .Values.hostCgroup.enabled }}
+      - name: host-cgroup
+        mountPath: {{ .Values.hostCgroup.mountPath }}
+        readOnly: true
+      {{- end }}
+      {{- range .Values.extraHostPaths }}
       - name: {{ .name }}
         mountPath: {{ .mountPath }}
         readOnly: {{ .readOnly | default false }}
@@ -95,11 +151,9 @@ volumes:
       {{- with .Values.state.hostPathType }}
       type: {{ . }}
       {{- end }}
-    {{- else if eq .Values.state.type "emptyDir" }}
+    {{- else }}
     emptyDir:
       {{- toYaml (.Values.state.emptyDir | default dict) | nindent 6 }}
-    {{- else }}
-    {{- fail (printf "state.type must be \"hostPath\" or \"emptyDir\", got %q" .Values.state.type) }}
     {{- end }}
   {{- if .Values.tmpVolume.enabled }}
   - name: tmp
@@ -108,7 +162,25 @@ volumes:
       sizeLimit: {{ . }}
       {{- end }}
   {{- end }}
-  {{- range .Values.hostPaths }}
+  # "Socket" makes the pod fail to start on nodes without Docker instead of letting the
+  # kubelet create an empty directory at that path.
+  - name: docker-socket
+    hostPath:
+      path: {{ .Values.engineSocket.hostPath }}
+      type: Socket
+  {{- if $files }}
+  - name: docker-containers
+    hostPath:
+      path: {{ .Values.containersDir.hostPath }}
+      type: Directory
+  {{- end }}
+  {{- if .Values.hostCgroup.enabled }}
+  - name: host-cgroup
+    hostPath:
+      path: {{ .Values.hostCgroup.hostPath }}
+      type: Directory
+  {{- end }}
+  {{- range .Values.extraHostPaths }}
   - name: {{ .name }}
     hostPath:
       path: {{ .hostPath }}
