@@ -44,7 +44,18 @@ import_image() {
   rm -rf "$root"
 }
 
+# dockerd takes an inotify instance for every followed json-file log stream; the default
+# 128 per user (root: the engines and the agents under test share it) runs out when tests
+# follow hundreds of containers, and the agent then falls back to polling.
+raise_inotify_limits() {
+  local f=/proc/sys/fs/inotify/max_user_instances
+  if [ -w "$f" ] && [ "$(cat "$f")" -lt 1024 ]; then echo 1024 >"$f" || true; fi
+  f=/proc/sys/fs/inotify/max_user_watches
+  if [ -w "$f" ] && [ "$(cat "$f")" -lt 65536 ]; then echo 65536 >"$f" || true; fi
+}
+
 start() {
+  raise_inotify_limits
   if answers; then import_image; echo "DOCKER_HOST=$host"; return; fi
   need_packages
   mkdir -p "$dir/data" "$dir/exec"

@@ -79,7 +79,6 @@ class FileChain:
         self.dir = os.path.join(source.containers_dir, self.cid)
         self.base = f"{self.cid}-json.log"
         self.path = os.path.join(self.dir, self.base)
-        self._base_bytes = self.base.encode()
         self.files: list[_File] = []  # files[0] is being read; later ones are newer
         self.lock = threading.Lock()  # the watcher thread appends to files, the loop pops
         self.closed = False
@@ -130,7 +129,7 @@ class FileChain:
 
     # -- inotify handlers (in the watcher thread) -----------------------------------------
 
-    def _on_dir(self, mask: int, name: bytes) -> None:
+    def _on_dir(self, mask: int, name: str) -> None:
         inotify = self.inotify
         if inotify is None:
             return  # closed meanwhile
@@ -139,7 +138,7 @@ class FileChain:
             self.closed_by_writer = True  # anything may have happened: ask the engine
         elif mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
             self.gone = True
-        elif name == self._base_bytes:
+        elif name == self.base:
             if mask & (IN_CREATE | IN_MOVED_TO):
                 self.created += 1
                 # Open the new file right after this batch of events: once open, rotation
@@ -151,7 +150,7 @@ class FileChain:
             return
         inotify.to_loop(self.wake.set)
 
-    def _on_file(self, mask: int, name: bytes) -> None:
+    def _on_file(self, mask: int, name: str) -> None:
         inotify = self.inotify
         if inotify is not None:
             inotify.to_loop(self.wake.set)

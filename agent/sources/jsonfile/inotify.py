@@ -1,56 +1,39 @@
-"""The inotify binding: one descriptor and one watcher thread per source, shared by every
-container's tail. (ctypes over libc's three calls; see docs/design.md on why no library.)"""
+"""inotify for the json-file source: one descriptor (``inotify_simple``) and one watcher
+thread per source, shared by every container's tail. The thread is what keeps up with
+rotations while the event loop is busy (bench/inotify.py; docs/design.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import select
-import struct
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import structlog
+from inotify_simple import INotify, flags
 
 log = structlog.get_logger("agent.sources.jsonfile")
 
-IN_MODIFY = 0x00000002
-IN_CLOSE_WRITE = 0x00000008
-IN_MOVED_TO = 0x00000080
-IN_CREATE = 0x00000100
-IN_DELETE_SELF = 0x00000400
-IN_MOVE_SELF = 0x00000800
-IN_Q_OVERFLOW = 0x00004000
-IN_IGNORED = 0x00008000
-IN_ONLYDIR = 0x01000000
-IN_ONESHOT = 0x80000000
-IN_NONBLOCK = 0o4000
-IN_CLOEXEC = 0o2000000
-_EVENT = struct.Struct("iIII")
+IN_MODIFY = int(flags.MODIFY)
+IN_CLOSE_WRITE = int(flags.CLOSE_WRITE)
+IN_MOVED_TO = int(flags.MOVED_TO)
+IN_CREATE = int(flags.CREATE)
+IN_DELETE_SELF = int(flags.DELETE_SELF)
+IN_MOVE_SELF = int(flags.MOVE_SELF)
+IN_Q_OVERFLOW = int(flags.Q_OVERFLOW)
+IN_IGNORED = int(flags.IGNORED)
+IN_ONLYDIR = int(flags.ONLYDIR)
+IN_ONESHOT = int(flags.ONESHOT)
 
 _DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 _FILE_MASK = IN_MODIFY | IN_ONESHOT
 
-_libc: Any = None
 
-
-def _load_libc() -> Any:
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        lib.inotify_init1.argtypes = [ctypes.c_int]
-        lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
-        _libc = lib
-    return _libc
-
-
-Handler = Callable[[int, bytes], None]
+Handler = Callable[[int, str], None]
 
 
 class Inotify:
@@ -65,12 +48,8 @@ class Inotify:
     """
 
     def __init__(self) -> None:
-        lib = _load_libc()
-        fd = lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, f"inotify_init1: {os.strerror(e)}")
-        self.fd = fd
+        self._inotify = INotify(nonblocking=True)  # OSError (EMFILE) when none is left
+        self.fd = self._inotify.fileno()
         self.loop = asyncio.get_running_loop()
         self.handlers: dict[int, Handler] = {}
         self.lock = threading.Lock()  # guards ``handlers``
@@ -87,10 +66,10 @@ class Inotify:
 
     def add(self, path: str, mask: int, handler: Handler) -> int:
         with self.lock:
-            wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
-            if wd < 0:
-                e = ctypes.get_errno()
-                raise OSError(e, os.strerror(e), path)
+            try:
+                wd = int(self._inotify.add_watch(path, mask))
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, path) from None
             self.handlers[wd] = handler
         return wd
 
@@ -98,7 +77,8 @@ class Inotify:
         with self.lock:
             if self.handlers.get(wd) == handler:  # (bound methods are equal, not identical)
                 del self.handlers[wd]
-                _libc.inotify_rm_watch(self.fd, wd)  # EINVAL if a one-shot fired: fine
+                with contextlib.suppress(OSError):  # EINVAL if a one-shot fired: fine
+                    self._inotify.rm_watch(wd)
 
     def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Runs ``fn`` in the watcher thread; the future (on the loop) gets its result."""
@@ -140,17 +120,12 @@ class Inotify:
         """Reads and dispatches every queued event (in the watcher thread only)."""
         while True:
             try:
-                data = os.read(self.fd, 65536)
-            except (BlockingIOError, InterruptedError):
-                return
+                events = self._inotify.read(timeout=0)
             except OSError:
                 return
-            off = 0
-            n = len(data)
-            while off + 16 <= n:
-                wd, mask, _cookie, size = _EVENT.unpack_from(data, off)
-                name = data[off + 16 : off + 16 + size].rstrip(b"\0")
-                off += 16 + size
+            if not events:
+                return
+            for wd, mask, _cookie, name in events:
                 if mask & IN_Q_OVERFLOW:
                     self.overflows += 1
                     with self.lock:
@@ -172,7 +147,9 @@ class Inotify:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"s")
         self._thread.join(timeout=5)
-        for fd in (self.fd, self._wake_r, self._wake_w):
+        with contextlib.suppress(OSError):
+            self._inotify.close()
+        for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.handlers.clear()

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from inotify_simple import INotify
 from structlog.testing import capture_logs
 
 from agent.engine.client import NotFound
@@ -22,7 +23,6 @@ from agent.sources.api.decoder import LogDecoder
 from agent.sources.base import StreamEnd
 from agent.sources.choice import SourceChooser
 from agent.sources.jsonfile.decoder import JsonFileDecoder, normalize_time
-from agent.sources.jsonfile.inotify import IN_CLOEXEC, _load_libc
 from agent.sources.jsonfile.seek import first_offset_at_or_after
 from agent.sources.jsonfile.source import JsonFileLogSource
 
@@ -33,10 +33,10 @@ CID = "f" * 64
 def inotify_available() -> bool:
     """inotify instances are limited per user (fs.inotify.max_user_instances, often 128),
     and a busy dockerd uses one per followed log: there may be none left."""
-    fd = _load_libc().inotify_init1(IN_CLOEXEC)
-    if fd < 0:
+    try:
+        INotify().close()
+    except OSError:
         return False
-    os.close(fd)
     return True
 
 
