@@ -4,6 +4,7 @@ crash. Also holds the tmpfs helpers the other full-disk tests use."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -189,3 +190,31 @@ async def test_a_cursor_that_cannot_be_saved_is_no_crash(disk: Path) -> None:
     again.open()
     assert again.records == 0
     again.close()
+
+
+async def test_the_pipeline_spools_again_once_space_returns(disk: Path) -> None:
+    """Both halves of a full disk: the append raises having stored nothing, and the runner
+    (ExporterRunner._spool) backs off and appends the same batch again, so that everything
+    reaches the exporter once space returns, once and in order."""
+    from agent.delivery.runner import ExporterRunner
+    from agent.retry import Backoff
+    from tests.unit.delivery.test_pipeline import Config, Memory
+
+    buf = DiskBuffer(disk / "buf", max_bytes=64 << 20)
+    buf.open()
+    exp = Memory("m", Config())
+    runner = ExporterRunner(exp, Config(), Backoff(0.01, 0.05), buf)
+    runner.start()
+    filler = fill(disk, leave=50 * 1024)
+    try:
+        for i in range(0, 2000, 100):
+            await runner.put(recs(i, 100))  # ~400 KB in all: the disk fills
+        await asyncio.sleep(0.3)
+        filler.unlink()
+        for _ in range(100):
+            if len(exp.got) >= 2000:
+                break
+            await asyncio.sleep(0.05)
+        assert [int((r.message or "").split()[1]) for r in exp.got] == list(range(2000))
+    finally:
+        await runner.stop()
