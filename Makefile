@@ -8,7 +8,7 @@ ENGINE_DIR ?= /tmp/container-agent-engine
 export CA_ENGINE_DIR := $(ENGINE_DIR)
 TEST_HOST = CA_TEST_DOCKER_HOST=$$(scripts/test-engine.sh host "$(ENGINE_DIR)")
 
-.PHONY: help venv run test unit integration lint typecheck bench docs engine engine-stop tools clean
+.PHONY: help venv run test unit integration lint typecheck bench mutation docs engine engine-stop tools clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ engine: ## start the private test engine (scripts/test-engine.sh)
 
 engine-stop: ## stop the private test engine
 	scripts/test-engine.sh stop "$(ENGINE_DIR)"
+
+# No image registry: a Debian base made with mmdebstrap (once per engine), a wheelhouse
+# made on this host, `docker build --network none` (scripts/build-image.sh).
+.PHONY: image
+image: venv ## build the image container-agent:dev (IMAGE=name:tag) on $DOCKER_HOST, else the test engine
+	scripts/build-image.sh $(IMAGE)
 
 # Tools the tests use besides the engine: Debian's prometheus server and a helm binary.
 tools: ## install the tools the tests need besides the engine (prometheus, helm)
@@ -60,8 +66,14 @@ bench: venv engine ## the benchmarks (docs/benchmarks.md)
 	$(TEST_HOST) $(BIN)/python -m bench.run_all
 	$(TEST_HOST) $(BIN)/python -m bench.files
 
+# mutmut copies the tree to mutants/ and runs the delivery tests against each mutant.
+mutation: venv ## mutation testing of the delivery rules (slow: ~10 min; `mutmut results` lists survivors)
+	$(BIN)/pip install -q 'mutmut>=3.2'
+	$(BIN)/mutmut run --max-children 1
+	$(BIN)/mutmut results
+
 docs: venv ## regenerate the config reference in docs/configuration.md
 	$(BIN)/python scripts/update-config-reference.py
 
 clean: ## remove .venv, the tools and ./var
-	rm -rf $(VENV) .tools var
+	rm -rf $(VENV) .tools var mutants

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
-from agent.delivery.pipeline import Pipeline
+from agent.delivery.buffer import DiskBuffer
+from agent.delivery.pipeline import ExporterStartError, Pipeline
 from agent.delivery.queue import RecordQueue
 from agent.delivery.runner import ExporterRunner
 from agent.positions import FileMark, Position
@@ -265,3 +267,176 @@ async def test_file_mark_is_the_earliest_over_durable_exporters() -> None:
 async def test_no_durable_exporter_means_no_hold_back() -> None:
     p = Pipeline([runner(Memory("x", Config()), when_full="drop_newest")])
     assert p.delivered({}) is None
+
+
+# -- found by mutation testing (mutmut over pipeline.py, checkpoint.py, reader.py) --------
+
+
+async def test_a_batch_one_exporter_does_not_want_still_reaches_the_next() -> None:
+    only_db = Memory("db", Config())
+    everything = Memory("all", Config())
+    p = Pipeline([runner(only_db, containers={"include": {"name": ["^db$"]}}), runner(everything)])
+    await p.start()
+    await p.send(recs(3, "web"))  # nothing for db: the loop must go on to "all"
+    await p.close(2)
+    assert only_db.got == [] and len(everything.got) == 3
+
+
+async def test_an_exporter_that_does_not_take_a_container_does_not_hold_its_checkpoint() -> None:
+    only_db = Memory("db", Config(), asyncio.Event())  # would never accept anything
+    everything = Memory("all", Config())
+    r_db = runner(only_db, containers={"include": {"name": ["^db$"]}})
+    p = Pipeline([r_db, runner(everything)])
+    await p.start()
+    batch = recs(3, "web")
+    await p.send(batch)
+    await asyncio.sleep(0.05)
+    got, _marks = p.delivered({"web": batch[0].meta})
+    assert got["web"]["stdout"] == Position("t2", 1)
+    only_db.gate.set()  # type: ignore[union-attr]
+    await p.close(0.5)
+
+
+async def test_forget_keeps_what_is_known_and_drops_the_rest() -> None:
+    r = runner(Memory("x", Config()))
+    p = Pipeline([r])
+    mark = FileMark(1, 10, "t1", {})
+    r.acked = {"kept": {"stdout": Position("t1", 1)}, "gone": {"stdout": Position("t1", 1)}}
+    r.marks = {"kept": mark, "gone": mark}
+    p.forget({"kept"})
+    assert set(r.acked) == {"kept"} and set(r.marks) == {"kept"}
+
+
+async def test_paused_sends_wait_until_resumed() -> None:
+    exp = Memory("x", Config())
+    p = Pipeline([runner(exp)])
+    await p.start()
+    p.pause()
+    sending = asyncio.create_task(p.send(recs(2)))
+    await asyncio.sleep(0.05)
+    assert not sending.done() and exp.got == []
+    p.resume()
+    await asyncio.wait_for(sending, 1)
+    await p.close(1)
+    assert len(exp.got) == 2
+
+
+async def test_add_and_remove_exporters_while_running() -> None:
+    first, second = Memory("first", Config()), Memory("second", Config())
+    p = Pipeline([runner(first)])
+    await p.start()
+    await p.send(recs(1))
+    await p.add(runner(second))
+    await p.send(recs(2))
+    await asyncio.sleep(0.05)
+    assert [r.name for r in p.runners] == ["first", "second"]
+    await p.remove("first", asyncio.get_running_loop().time() + 1)
+    await p.send(recs(3))
+    await p.close(1)
+    assert len(first.got) == 3 and first.closed  # drained before it was closed
+    assert len(second.got) == 5
+
+
+async def test_swap_hands_the_queue_over_and_loses_nothing() -> None:
+    """The successor takes over the queued batches; a batch the old exporter is still
+    sending at the bound goes back to the front of the queue (sent again by the new)."""
+    gate = asyncio.Event()
+    old = Memory("x", Config(), gate)  # stuck sending its first batch
+    new = Memory("x", Config())
+    r_old = runner(old)
+    p = Pipeline([r_old])
+    await p.start()
+    await p.send(recs(2))  # taken by the old worker, stuck in send
+    await asyncio.sleep(0.02)
+    later = recs(3)
+    for i, r in enumerate(later):
+        r.timestamp = f"u{i}"
+    await p.send(later)  # queued behind it
+    r_new = runner(new, queue_records=10)
+    await p.swap(r_new, asyncio.get_running_loop().time() + 0.1, keep_buffer=False)
+    assert p.runners == [r_new] and r_new.queue is r_old.queue and r_new.queue.capacity == 10
+    await p.close(1)
+    assert [r.timestamp for r in new.got] == ["t0", "t1", "u0", "u1", "u2"]
+    assert old.got == [] and old.closed
+
+
+async def test_an_exporter_whose_filter_takes_the_container_holds_its_checkpoint() -> None:
+    """A filtered exporter that does take the container (and an unknown container,
+    to be safe) holds the checkpoint back until it accepts the lines."""
+    gate = asyncio.Event()
+    web_only = Memory("web-only", Config(), gate)
+    r_web = runner(web_only, containers={"include": {"name": ["^web$"]}})
+    p = Pipeline([r_web, runner(Memory("all", Config()))])
+    await p.start()
+    batch = recs(3, "web")
+    await p.send(batch)
+    await asyncio.sleep(0.05)
+    assert p.delivered({"web": batch[0].meta}) == ({}, {})  # web-only has none yet
+    assert p.delivered({}) == ({}, {})  # metadata unknown: every durable exporter counts
+    gate.set()
+    await asyncio.sleep(0.05)
+    assert p.delivered({"web": batch[0].meta})[0]["web"]["stdout"] == Position("t2", 1)
+    await p.close(0.5)
+
+
+async def test_remove_counts_what_could_not_be_delivered_in_time_as_removed() -> None:
+    stuck = Memory("stuck", Config(), asyncio.Event())
+    r = runner(stuck)
+    p = Pipeline([r])
+    await p.start()
+    await p.send(recs(4))
+    await p.remove("stuck", asyncio.get_running_loop().time() + 0.05)
+    assert r.dropped == {"removed": 4} and p.runners == [] and stuck.closed
+
+
+async def test_swap_among_several_replaces_only_its_namesake() -> None:
+    a, b, b2 = Memory("a", Config()), Memory("b", Config()), Memory("b", Config())
+    r_a, r_b2 = runner(a), runner(b2)
+    p = Pipeline([r_a, runner(b)])
+    await p.start()
+    await p.swap(r_b2, asyncio.get_running_loop().time() + 1, keep_buffer=False)
+    assert p.runners == [r_a, r_b2]
+    await p.send(recs(2))
+    await p.close(1)
+    assert len(a.got) == 2 and len(b2.got) == 2 and b.got == []
+
+
+class Failing(Memory):
+    async def start(self) -> None:
+        raise OSError(13, "Permission denied", "/nowhere")
+
+
+async def test_a_successor_that_cannot_start_leaves_the_old_exporter_running() -> None:
+    old = Memory("x", Config())
+    r_old = runner(old)
+    p = Pipeline([r_old])
+    await p.start()
+    with pytest.raises(ExporterStartError, match=r"exporters\.x: Permission denied"):
+        await p.swap(runner(Failing("x", Config())), asyncio.get_running_loop().time() + 1, False)
+    assert p.runners == [r_old]
+    await p.send(recs(2))
+    await p.close(1)
+    assert len(old.got) == 2
+
+
+async def test_swap_keeps_or_replaces_the_disk_buffer(tmp_path: Path) -> None:
+    def buffered(exp: Memory, where: str) -> ExporterRunner:
+        r = runner(exp)
+        r.buffer = DiskBuffer(tmp_path / where, 1 << 20, "block", False)
+        return r
+
+    old, kept, moved = Memory("x", Config()), Memory("x", Config()), Memory("x", Config())
+    r_old = buffered(old, "buf")
+    p = Pipeline([r_old])
+    await p.start()
+    r_kept = runner(kept)
+    await p.swap(r_kept, asyncio.get_running_loop().time() + 1, keep_buffer=True)
+    assert r_kept.buffer is r_old.buffer
+    await p.send(recs(2))
+    await asyncio.sleep(0.1)
+    r_moved = buffered(moved, "buf2")
+    await p.swap(r_moved, asyncio.get_running_loop().time() + 1, keep_buffer=False)
+    await p.send(recs(3))
+    await p.close(1)
+    assert len(kept.got) == 2 and len(moved.got) == 3
+    assert (tmp_path / "buf2").is_dir()
