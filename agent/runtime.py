@@ -30,6 +30,7 @@ from agent.fsutil import atomic_write
 from agent.metrics.inventory import Inventory
 from agent.metrics.stats import StatsCollector
 from agent.positions import FileMark, Position
+from agent.processing.build import Processing
 from agent.reload import Reloader
 from agent.retry import Backoff
 from agent.sources.api.source import ApiLogSource
@@ -55,6 +56,24 @@ def write_pid_file(state_dir: str) -> Path:
     path = Path(state_dir) / PID_FILE
     atomic_write(path, f"{os.getpid()}\n".encode(), fsync=False)
     return path
+
+
+def _unreachable_hint(host: str, error: str) -> str:
+    """What to do about an engine that did not answer: a socket the agent may not open
+    names its owner and the agent's own ids (a wrong group is the usual cause)."""
+    if host.startswith("unix://") and "ermission denied" in error:
+        path = host.removeprefix("unix://")
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"the agent may not open {path}"
+        return (
+            f"the agent (uid {os.getuid()}, groups {sorted(set(os.getgroups()))}) may not "
+            f"open {path} (owner {st.st_uid}, group {st.st_gid}, mode {st.st_mode & 0o777:o}): "
+            f"run it with group {st.st_gid} (docker run --group-add {st.st_gid}; the Helm "
+            "chart's engineSocket.groupId)"
+        )
+    return "set engine.host in the config file or the DOCKER_HOST environment variable"
 
 
 def _state_dir_problem(state_dir: str) -> tuple[str, str] | None:
@@ -144,7 +163,12 @@ class Runtime:
         known = set(self.followers.positions)
         delivered = self.pipeline.delivered(self.followers.metas)
         if delivered is None:  # no exporter must hold lines back: what was read counts
-            delivered = self.followers.positions, self.followers.marks
+            delivered = dict(self.followers.positions), dict(self.followers.marks)
+            for cid, reader in self.followers.readers.items():  # not lines a chain holds
+                held = reader.chain.queued() if reader.chain is not None else None
+                if held is not None:
+                    delivered[0][cid] = held
+                    delivered[1].pop(cid, None)
         positions, marks = delivered
         for cid in known:
             self._checkpoint.setdefault(cid, {})  # followed, maybe nothing delivered yet
@@ -198,7 +222,7 @@ class Runtime:
                 "engine_unreachable",
                 host=cfg.engine.host,
                 error=str(exc),
-                hint="set engine.host in the config file or the DOCKER_HOST environment variable",
+                hint=_unreachable_hint(cfg.engine.host, str(exc)),
             )
             return EXIT_USAGE
         host = cfg.agent.hostname or info.get("Name") or socket.gethostname()
@@ -294,6 +318,7 @@ class Runtime:
             backoff,
             choose_source=self.chooser,
         )
+        self.followers.processing = Processing(cfg.processing, cfg.agent.shutdown_timeout_seconds)
         inventory = Inventory()
         self.followers.inventory = inventory
         self.discovery = Discovery(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -344,3 +345,20 @@ async def test_an_unreadable_checkpoint_is_quarantined_and_on_corrupt_decides(
     assert [r["message"] for r in records(tmp_path)] == expected
     assert "checkpoints_loaded" not in events(logs)
     assert checkpoint(tmp_path)["version"] == 1  # a new, readable file replaced it
+
+
+def test_a_socket_the_agent_may_not_open_names_its_owner_and_the_agents_ids(
+    tmp_path: Path,
+) -> None:
+    from agent.runtime import _unreachable_hint
+
+    sock = tmp_path / "docker.sock"
+    sock.write_bytes(b"")
+    os.chmod(sock, 0o660)
+    error = "GET /version: Cannot connect: [Errno 13] Permission denied"
+    hint = _unreachable_hint(f"unix://{sock}", error)
+    st = os.stat(sock)
+    assert f"group {st.st_gid}" in hint and f"uid {os.getuid()}" in hint and "660" in hint
+    assert "--group-add" in hint
+    other = _unreachable_hint("unix:///nowhere.sock", "No such file or directory")
+    assert "DOCKER_HOST" in other and "engine.host" in other
