@@ -1,62 +1,126 @@
-# syntax=docker/dockerfile:1
+# container-agent image: a build stage that installs the agent (its C extension compiled)
+# into a virtual environment, and a runtime stage that holds only that environment.
 #
-# container-agent image.
+#   docker build -t container-agent .     # python:3.11-slim-bookworm, pip from the index
+#   make image                            # no registry, no index: scripts/build-image.sh
 #
-#   docker build -t container-agent:0.1.0 .
-#   docker run --rm -v /var/run/docker.sock:/var/run/docker.sock \
-#     -v /var/lib/docker/containers:/host/var/lib/docker/containers:ro \
-#     container-agent:0.1.0 run --config /etc/container-agent/config.yaml
+# Build arguments:
+#   BASE        base image of both stages: any Debian-based image with python3 3.11 and
+#               its venv module (default python:3.11-slim-bookworm)
+#   WHEELHOUSE  a directory in the build context with wheels of the agent (C extension
+#               built) and of all its dependencies: pip installs from it alone, no index
+#               and no compiler (scripts/build-image.sh makes one; .dockerignore lets
+#               build/wheelhouse through)
+#   VERSION     the image's version label; the build checks it is the agent's version
+#   REVISION, SOURCE   the revision and source labels (empty by default)
+#
+# Running it (docs/operations.md): the engine socket mounted, a volume on
+# /var/lib/container-agent; the root filesystem may be read-only. The default user (10001)
+# reads logs through the engine's API and needs the socket's group (--group-add). Reading
+# the json-file logs from /var/lib/docker/containers needs uid 0 (the files are root's,
+# mode 0640), with every capability dropped all the same (--user 0 --cap-drop ALL).
 
-########## build stage: install the project and its dependencies into a venv ##########
-FROM python:3.11-slim AS build
+ARG BASE=python:3.11-slim-bookworm
+
+########## build stage ##########
+FROM ${BASE} AS build
+ARG WHEELHOUSE=
+ARG VERSION=0.1.0
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-RUN python -m venv /opt/venv
-ENV PATH="/opt/venv/bin:${PATH}"
-
-# A C compiler for the optional extension agent/_speedups.c (the logs-API read path's
-# per-line loops); build stage only, the runtime image gets the compiled module.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
- && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
 
 WORKDIR /src
-# The build context is filtered by .dockerignore (no .venv, .git, tests, ...).
+# The context is small: .dockerignore keeps out .venv, .git, tests, docs, build/ (but
+# build/wheelhouse) and so on.
 COPY . .
-RUN pip install --no-cache-dir .
 
-########## runtime stage: only the venv, no build context ##########
-FROM python:3.11-slim
+# From the wheelhouse: nothing to compile, nothing fetched. From the index: gcc (and the
+# Python headers where the base has none) for agent/_speedups.c, in this stage only.
+RUN set -eu; \
+    if [ -n "$WHEELHOUSE" ]; then \
+        /opt/venv/bin/pip install --no-index --find-links "/src/$WHEELHOUSE" \
+            "container-agent==$VERSION"; \
+    else \
+        packages="gcc libc6-dev"; \
+        python3 -c 'import os, sysconfig, sys; \
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("include"), "Python.h")))' \
+            || packages="$packages python3-dev"; \
+        apt-get update; \
+        apt-get install -y --no-install-recommends $packages; \
+        rm -rf /var/lib/apt/lists/*; \
+        /opt/venv/bin/pip install /src; \
+    fi; \
+    /opt/venv/bin/python -I -c 'import sys, agent, agent._speedups; \
+v = sys.argv[1]; \
+sys.exit(0 if agent.__version__ == v else \
+    f"build argument VERSION={v} but the agent is {agent.__version__}: pass --build-arg VERSION")' \
+        "$VERSION"; \
+    /opt/venv/bin/python -m pip uninstall --quiet --yes pip setuptools; \
+    rm -f /opt/venv/bin/activate*
+
+########## runtime stage: the base and the venv, nothing else ##########
+FROM ${BASE}
+ARG VERSION=0.1.0
+ARG REVISION=
+ARG SOURCE=
 
 LABEL org.opencontainers.image.title="container-agent" \
-      org.opencontainers.image.description="Follows Docker containers' logs and events and ships them as structured records" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.description="Follows Docker containers' logs, events and stats and ships them as structured records" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"
 
-# Same base image and path as the build stage, so the venv works as copied.
+# Same base and path as the build stage, so the venv works as copied.
 COPY --from=build /opt/venv /opt/venv
 
 ENV PATH="/opt/venv/bin:${PATH}" \
+    LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Config is mounted at /etc/container-agent; state (checkpoints, file exporter
-# output) lives in /var/lib/container-agent and should be a volume.
-RUN mkdir -p /etc/container-agent /var/lib/container-agent
+# The default config: engine at /var/run/docker.sock, all state and the records on the
+# volume, metrics and /healthz on loopback only (the HEALTHCHECK asks from inside the
+# container; to scrape from outside, mount a config with listen: 0.0.0.0:9811 and publish
+# the port). Mount your own over /etc/container-agent/config.yaml.
+# The volume is 10001:0, mode 0770: writable by the default user and by uid 0 without
+# CAP_DAC_OVERRIDE (files mode). A bind-mounted host directory must be writable by the
+# user the container runs as.
+RUN set -eu; \
+    mkdir -p /etc/container-agent /var/lib/container-agent; \
+    printf '%s\n' \
+        '# container-agent image default (docs/configuration.md has every option)' \
+        'engine:' \
+        '  host: unix:///var/run/docker.sock' \
+        'state_dir: /var/lib/container-agent/state' \
+        'exporters:' \
+        '  records:' \
+        '    type: file' \
+        '    path: /var/lib/container-agent/records.ndjson' \
+        '  metrics:' \
+        '    type: prometheus' \
+        '    listen: 127.0.0.1:9811' \
+        > /etc/container-agent/config.yaml; \
+    echo 'container-agent:x:10001:10001:container-agent:/var/lib/container-agent:/usr/sbin/nologin' >> /etc/passwd; \
+    echo 'container-agent:x:10001:' >> /etc/group; \
+    chown 10001:0 /var/lib/container-agent; \
+    chmod 0770 /var/lib/container-agent; \
+    container-agent check-config /etc/container-agent/config.yaml >/dev/null
 
-# The image deliberately runs as root (no USER instruction). The agent talks to
-# the Docker Engine through /var/run/docker.sock, which is owned by root
-# (root:docker, mode 0660), and the GID of the "docker" group differs from host
-# to host, so a fixed non-root user cannot be relied on to open it. Note that
-# access to the engine socket is root-equivalent on the host anyway. Harden at
-# run time instead: drop all capabilities, no-new-privileges, read-only root
-# filesystem, default seccomp profile (the Helm chart does all of this).
-# On a host where you know the docker group's GID you may run as non-root with
-#   docker run --user 65534:<docker-gid> ...
+VOLUME /var/lib/container-agent
+WORKDIR /var/lib/container-agent
+USER 10001:10001
 
-# Metrics / health endpoint (prometheus exporter).
+# The prometheus exporter's port, when a config makes it listen beyond loopback.
 EXPOSE 9811
 
+# No curl: the agent's own check, which imports only the standard library (and PyYAML).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["/opt/venv/bin/python", "-m", "agent.ops.health", "--config", "/etc/container-agent/config.yaml"]
+
 ENTRYPOINT ["container-agent"]
-CMD ["run"]
+CMD ["run", "--config", "/etc/container-agent/config.yaml"]
