@@ -122,6 +122,18 @@ class ElasticsearchConfig(Section):
         "create", description="Bulk action (data streams take only `create`)."
     )
     pipeline: str | None = Field(None, description="Ingest pipeline (`?pipeline=`).")
+    id: Literal["deterministic", "none"] = Field(
+        "deterministic",
+        description="Document `_id`s. `deterministic` (default): each record always gets "
+        "the same id (container id, stream, timestamp, crc32 of the message, occurrence "
+        "among identical lines), so that a request sent again after a timeout, or records "
+        "read again after a crash, are no-ops (`create` answers 409, counted as delivered) "
+        "or overwrite themselves (`index`): the agent delivers at least once, the index "
+        "holds each line once. `none`: the backend makes ids (a little less work for both; "
+        "duplicates after retries and replays). Limit: two lines of one stream with the "
+        "same nanosecond timestamp and the same message, an agent restart between them, "
+        "share an id (the index keeps one).",
+    )
 
 
 class OtlpConfig(Section):

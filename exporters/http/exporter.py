@@ -146,6 +146,8 @@ class HttpExporter(Exporter):
         async with contextlib.aclosing(self._payloads(encoded, runs)) as payloads:
             for run in runs:
                 await self.sender.deliver(encoded, run, await anext(payloads))
+        if encoded.on_delivered is not None:
+            encoded.on_delivered()
         if len(runs) == 1 and len(batch) < cfg.max_records:
             await self._linger(began)
 
@@ -238,6 +240,12 @@ class HttpExporter(Exporter):
         return self.sender.bytes_sent
 
     @property
+    def already_stored_records(self) -> int:
+        """Elasticsearch: records answered 409 (their id exists: sent before), counted as
+        delivered."""
+        return self.sender.already_stored
+
+    @property
     def last_status(self) -> int | None:
         return self.sender.last_status
 
@@ -270,6 +278,7 @@ class HttpExporter(Exporter):
             "failures": self.failures,
             "retries": self.retries,
             "records_sent": self.records_sent,
+            "already_stored_records": self.already_stored_records,
             "bytes_sent": self.bytes_sent,
             "dead_lettered_records": self.dead_lettered_records,
             "dead_lettered_batches": self.dead_lettered_batches,

@@ -6,8 +6,8 @@ on. Until then it retries (5xx, 429, 408, timeouts, connection errors) with the 
 policy's back-off (``agent.retry``), longer when a ``Retry-After`` on a 429 or 503 asks for
 longer (never shorter: ``Retry-After: 0`` gets the back-off; an invalid value is logged
 once, ``http_retry_after_invalid``, and ignored). A 413 splits the request in two until it
-fits; ``_bulk`` answers are read item by item, and only the items answered 429/5xx are
-sent again.
+fits; ``_bulk`` answers are read item by item: only the items answered 429/5xx are sent
+again, those answered 409 (their id exists) count as delivered (``already_stored``).
 
 401, 403, 404, 405 and 407 say that the agent is misconfigured (credentials, permissions,
 url), not that the records are bad: they are retried with the back-off, forever like a
@@ -40,7 +40,7 @@ from agent.retry import Backoff, Retry, parse_retry_after
 from agent.secrets import Scrubber
 from exporters.http.deadletter import DeadLetters, Rejected
 from exporters.http.formats import Encoded
-from exporters.http.formats.elasticsearch import bulk_outcome
+from exporters.http.formats.elasticsearch import read_bulk
 
 log = structlog.get_logger("exporters.http")
 
@@ -103,6 +103,7 @@ class Sender:
         self.failures = 0  # requests not answered 2xx (retried, split or dead-lettered)
         self.retries = 0
         self.records_sent = 0
+        self.already_stored = 0  # _bulk items answered 409: sent before, counted as sent
         self.bytes_sent = 0
         self.last_status: int | None = None
 
@@ -199,7 +200,7 @@ class Sender:
         if not self.bulk:
             self.records_sent += len(indices)
             return []
-        outcome = bulk_outcome(answer.body, indices)
+        outcome = read_bulk(answer.body, indices)
         if outcome is None:
             log.warning(
                 "http_bulk_answer_unreadable",
@@ -210,8 +211,9 @@ class Sender:
             )
             self.records_sent += len(indices)
             return []
-        again, dead = outcome
+        again, dead = outcome.again, outcome.dead
         self.records_sent += len(indices) - len(again) - len(dead)
+        self.already_stored += len(outcome.present)
         if dead:
             items: list[Rejected] = [
                 (encoded.records[i], st, self.scrub(err)[:EXCERPT]) for i, st, err in dead

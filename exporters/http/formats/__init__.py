@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -107,6 +107,9 @@ class Encoded:
     keys: list[str] | None = None
     envelope: int = 0
     group_overhead: int = 0
+    # Called once every record of the batch is delivered (Elasticsearch: commit the
+    # occurrence counts its ids continue from).
+    on_delivered: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -238,7 +241,7 @@ def make_encoder(config: Any) -> Encoder:
         from exporters.http.formats.elasticsearch import ElasticsearchEncoder
 
         es = config.elasticsearch
-        return ElasticsearchEncoder(es.index, es.action)
+        return ElasticsearchEncoder(es.index, es.action, es.id)
     if fmt == "otlp":
         from exporters.http.formats.otlp import OtlpEncoder
 

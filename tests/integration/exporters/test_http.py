@@ -21,6 +21,7 @@ from exporters.http import HttpExporter
 from tests.http_receiver import Answer, Got, Receiver, bulk_items
 from tests.integration.conftest import IMAGE
 from tests.integration.helpers import FAST_RETRY, numbered, until
+from tests.unit.exporters.test_http_exporter import FakeElasticsearch
 
 COMPOSE = {"com.docker.compose.project": "shop", "com.docker.compose.service": "web"}
 
@@ -299,6 +300,54 @@ async def test_each_format_as_its_backend_reads_it(
         assert isinstance(lr["timeUnixNano"], str) and int(lr["timeUnixNano"]) > 0
         assert isinstance(lr["observedTimeUnixNano"], str)
         assert "severityText" not in lr
+
+
+@pytest.mark.parametrize("ids", ["deterministic", "none"])
+async def test_elasticsearch_replay_after_restart_is_a_no_op(
+    start_agent: Any, containers: Any, receiver: Receiver, tmp_path: Path, ids: str
+) -> None:
+    # The agent delivers at least once: a second agent without the first one's checkpoints
+    # reads a running container's whole log again. With deterministic ids the index still
+    # holds each line once (the copies are 409s, counted as delivered); without, twice.
+    n = 400
+    es = FakeElasticsearch()
+    receiver.default = es
+    exporters = {
+        "records": {
+            "type": "http",
+            "url": receiver.url,
+            "format": "elasticsearch",
+            "elasticsearch": {"id": ids},
+            "batch": {"max_records": 150, "max_seconds": 0.1},
+            "dead_letter_path": str(tmp_path / "dead.ndjson"),
+            "retry": FAST_RETRY,
+        }
+    }
+    cid = await containers.run(f"{numbered('r', n, every=200, pause_us=1000)}; sleep 120")
+
+    def stored() -> list[str]:
+        return [
+            d["message"]
+            for d in es.docs.values()
+            if d["kind"] == "log" and d["container_id"] == cid
+        ]
+
+    first = await start_agent(exporters=exporters)
+    await until(lambda: len(stored()) >= n, 30, "every line")
+    await first.stop()
+    assert sorted(stored()) == sorted(f"r {i}" for i in range(n))
+    second = await start_agent(exporters=exporters)
+    exp = http_exporter(second)
+    if ids == "deterministic":
+        await until(lambda: exp.already_stored_records >= n, 30, "the lines read again")
+        await asyncio.sleep(0.3)
+        assert sorted(stored()) == sorted(f"r {i}" for i in range(n))  # once each
+        assert exp.dead_lettered_records == 0 and exp.health().ok
+        assert not (tmp_path / "dead.ndjson").exists()
+    else:
+        await until(lambda: len(stored()) >= 2 * n, 30, "the lines read again")
+        assert sorted(stored()) == sorted(f"r {i}" for i in range(n) for _ in range(2))
+    await second.stop()
 
 
 async def test_auth_arrives_and_secrets_stay_out_of_the_log(

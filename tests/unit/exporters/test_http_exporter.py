@@ -408,6 +408,93 @@ async def test_elasticsearch_items_retried_or_dead_lettered_one_by_one(
     assert exp.dead_lettered_records == 4 and exp.records_sent == 36
 
 
+class FakeElasticsearch:
+    """A ``_bulk`` endpoint that keeps documents by index and ``_id`` as Elasticsearch
+    does: ``create`` of an existing id is a 409 version conflict, ``index`` overwrites, an
+    action without an id gets a new one. ``fail_after_storing``: answers that many
+    requests with a 504 after storing their documents (a gateway timeout)."""
+
+    def __init__(self) -> None:
+        self.docs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.made = 0
+        self.fail_after_storing = 0
+
+    def __call__(self, got: Got) -> Answer:
+        lines = got.ndjson()
+        items = []
+        for action, source in zip(lines[0::2], lines[1::2], strict=True):
+            [(op, meta)] = action.items()
+            doc_id = meta.get("_id")
+            if doc_id is None:
+                self.made += 1
+                doc_id = f"made-{self.made}"
+            key = (meta["_index"], doc_id)
+            item: dict[str, Any] = {"_index": meta["_index"], "_id": doc_id}
+            if op == "create" and key in self.docs:
+                item["status"] = 409
+                item["error"] = {
+                    "type": "version_conflict_engine_exception",
+                    "reason": f"[{doc_id}]: version conflict, document already exists",
+                }
+            else:
+                item["status"] = 200 if key in self.docs else 201
+                self.docs[key] = source
+            items.append({op: item})
+        if self.fail_after_storing:
+            self.fail_after_storing -= 1
+            return Answer(504, b"gateway timeout")
+        errors = any(next(iter(i.values()))["status"] >= 300 for i in items)
+        body = orjson.dumps({"took": 1, "errors": errors, "items": items})
+        return Answer(200, body, {"Content-Type": "application/json"})
+
+    def messages(self) -> list[str]:
+        return sorted(d["message"] for d in self.docs.values())
+
+
+@pytest.mark.parametrize("action", ["create", "index"])
+async def test_elasticsearch_records_sent_again_are_stored_once(
+    receiver: Receiver, make: Any, tmp_path: Path, action: str
+) -> None:
+    es = FakeElasticsearch()
+    receiver.default = es
+    options = {"format": "elasticsearch", "elasticsearch": {"action": action}}
+
+    def batch(start: int, n: int) -> list[Record]:
+        recs = lines(start, n)
+        # Two lines with the same stamp and message (blank lines in a burst, say).
+        recs.insert(3, Record.log(recs[2].timestamp, META, "stdout", recs[2].message, False))
+        return recs
+
+    records = batch(0, 20)
+    exp = await make(receiver, **options)
+    # The backend stores the first request but the answer is lost (504): sent again.
+    es.fail_after_storing = 1
+    await exp.send(records)
+    assert len(es.docs) == 21 and len(receiver.got) == 2
+    assert exp.records_sent == 21 and exp.dead_lettered_records == 0
+    assert exp.already_stored_records == (21 if action == "create" else 0)
+    # The agent crashed before its checkpoint: another exporter reads them again (new
+    # objects, the same lines), with some new ones.
+    again = [Record.log(r.timestamp, META, "stdout", r.message, False) for r in records]
+    replay = await make(receiver, **options)
+    await replay.send(again + lines(100, 5))
+    assert len(es.docs) == 26
+    assert es.messages() == sorted([r.message for r in records] + numbered_lines(100, 5))
+    assert replay.records_sent == 26 and replay.dead_lettered_records == 0
+    assert replay.already_stored_records == (21 if action == "create" else 0)
+    assert replay.health().ok and dead_letters(tmp_path) == []
+    # Without ids every copy is a new document.
+    es.docs.clear()
+    plain = await make(receiver, format="elasticsearch", elasticsearch={"id": "none"})
+    await plain.send(records)
+    await plain.send(again)
+    assert len(es.docs) == 42
+
+
+def numbered_lines(start: int, n: int) -> list[str]:
+    return [f"line {start + i}" for i in range(n)]
+
+
 async def test_auth_headers_arrive_and_secrets_never_show(
     receiver: Receiver, make: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ import email.utils
 import gzip
 import random
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from exporters.http.auth import expand_env
 from exporters.http.compress import gzip_bytes
 from exporters.http.config import HttpConfig
 from exporters.http.exporter import HttpExporter
-from exporters.http.formats import ts_to_ns, ts_to_ns_text
-from exporters.http.formats.elasticsearch import ElasticsearchEncoder, bulk_outcome
+from exporters.http.formats import make_encoder, ts_to_ns, ts_to_ns_text
+from exporters.http.formats.elasticsearch import ElasticsearchEncoder, bulk_outcome, read_bulk
 from exporters.http.formats.loki import LokiEncoder, label_name
 from exporters.http.formats.ndjson import NdjsonEncoder
 from exporters.http.formats.otlp import OtlpEncoder, split_image
@@ -183,6 +184,97 @@ def test_bulk_answer_items_sorted_into_ok_retry_and_dead() -> None:
     assert bulk_outcome(b'{"errors":false,"items":[]}', [1, 2]) == ([], [])
     assert bulk_outcome(b"not json", [1]) is None
     assert bulk_outcome(b'{"errors":true,"items":[]}', [1]) is None  # count mismatch
+
+
+def bulk_ids(encoder: Any, records: list[Record], deliver: bool = True) -> list[str]:
+    """The ``_id`` of each record's action line; ``deliver``: the send went through."""
+    encoded = encoder.encode(records)
+    lines = encoder.assemble(encoded, range(len(records))).split(b"\n")[0:-1:2]
+    if deliver and encoded.on_delivered is not None:
+        encoded.on_delivered()
+    return [next(iter(orjson.loads(line).values())).get("_id") for line in lines]
+
+
+def test_bulk_ids_are_deterministic() -> None:
+    ids = bulk_ids(ElasticsearchEncoder(id="deterministic"), sample())
+    assert len(set(ids)) == len(ids)
+    # container id, stream, the stamp, the crc32 of the message
+    assert ids[0] == f"{WEB.id[:16]}o{ts(3)}{zlib.crc32(b'third by time'):08x}"
+    assert ids[2].startswith(f"{WEB.id[:16]}e{ts(2)}")
+    assert ids[4].startswith(f"{WEB.id[:16]}v{ts(4)}")  # an event
+    assert ids[5].startswith(f"{DB.id[:16]}s{ts(6)}")  # a stats sample
+    # The same records read again (new objects, a new encoder: after a restart).
+    assert bulk_ids(ElasticsearchEncoder(id="deterministic"), sample()) == ids
+    # json-file's form of a stamp (zeros trimmed) is the same instant, the same id.
+    api = Record.log("2026-11-28T00:00:00.100000000Z", WEB, "stdout", "x", False)
+    jsonfile = Record.log("2026-11-28T00:00:00.1Z", WEB, "stdout", "x", False)
+    enc = ElasticsearchEncoder(id="deterministic")
+    assert bulk_ids(enc, [api]) == bulk_ids(ElasticsearchEncoder(id="deterministic"), [jsonfile])
+    # Another message, stream or container under the same stamp: another id.
+    others = [
+        Record.log(ts(3), WEB, "stdout", "third by time!", False),
+        Record.log(ts(3), WEB, "stderr", "third by time", False),
+        Record.log(ts(3), DB, "stdout", "third by time", False),
+    ]
+    assert ids[0] not in bulk_ids(ElasticsearchEncoder(id="deterministic"), others)
+    # id: none (the encoder's default): the backend makes them.
+    assert bulk_ids(ElasticsearchEncoder(), sample()) == [None] * 6
+
+
+def test_bulk_ids_of_identical_lines() -> None:
+    # Lines of one stream with the same stamp and message (e.g. blank lines in a burst)
+    # are told apart by their occurrence.
+    same = [Record.log(ts(7), WEB, "stdout", "dup", False) for _ in range(3)]
+    same += [Record.log(ts(7), WEB, "stdout", "other", False)]
+    same += [Record.log(ts(7), WEB, "stderr", "dup", False)]
+    whole = bulk_ids(ElasticsearchEncoder(id="deterministic"), same)
+    assert len(set(whole)) == 5
+    assert whole[1:3] == [whole[0] + ".1", whole[0] + ".2"]
+    # Split across sends in one run: the counts continue, the same ids.
+    enc = ElasticsearchEncoder(id="deterministic")
+    assert bulk_ids(enc, same[:2]) + bulk_ids(enc, same[2:]) == whole
+    # A send that did not go through is sent again by the pipeline: the same ids again.
+    enc = ElasticsearchEncoder(id="deterministic")
+    bulk_ids(enc, same[:2])
+    assert bulk_ids(enc, same[2:], deliver=False) == whole[2:]
+    assert bulk_ids(enc, same[2:]) == whole[2:]
+    # The documented limit: after a restart between two identical lines, the second
+    # counts from 0 and takes the first one's id.
+    assert bulk_ids(ElasticsearchEncoder(id="deterministic"), same[1:2]) == whole[:1]
+
+
+def test_bulk_id_option_in_the_config() -> None:
+    cfg = parse(http(format="elasticsearch")).exporters["out"]
+    assert isinstance(cfg, HttpConfig) and cfg.elasticsearch.id == "deterministic"
+    assert bulk_ids(make_encoder(cfg), sample()[:1])[0] is not None
+    cfg = parse(http(format="elasticsearch", elasticsearch={"id": "none"})).exporters["out"]
+    assert bulk_ids(make_encoder(cfg), sample()[:1]) == [None]
+    with pytest.raises(ConfigError, match=r"exporters\.out\.elasticsearch\.id"):
+        parse(http(format="elasticsearch", elasticsearch={"id": "random"}))
+
+
+def test_bulk_answer_409_means_already_stored() -> None:
+    answer = orjson.dumps(
+        {
+            "errors": True,
+            "items": [
+                {"create": {"_id": "a", "status": 201}},
+                {
+                    "create": {
+                        "_id": "b",
+                        "status": 409,
+                        "error": {"type": "version_conflict_engine_exception"},
+                    }
+                },
+                {"create": {"_id": "c", "status": 429}},
+                {"create": {"_id": "d", "status": 400, "error": {"type": "mapper_parsing"}}},
+            ],
+        }
+    )
+    read = read_bulk(answer, [4, 5, 6, 7])
+    assert read is not None
+    assert (read.present, read.again, [i for i, _, _ in read.dead]) == ([5], [6], [7])
+    assert bulk_outcome(answer, [4, 5, 6, 7]) == (read.again, read.dead)
 
 
 # -- otlp ------------------------------------------------------------------------------------
