@@ -13,6 +13,8 @@ again, those answered 409 (their id exists) count as delivered (``already_stored
 url), not that the records are bad: they are retried with the back-off, forever like a
 5xx, never dead-lettered; the exporter is unhealthy meanwhile (``/readyz`` says which
 status and why) and ``http_misconfigured`` is logged once per status per run of failures.
+The same holds for ``_bulk`` items answered so (a user that may not write to an index, an
+index that does not exist and may not be created).
 
 Any other answer (400, 422, a redirect, …) dead-letters the request's records. After
 ``REJECTIONS_BEFORE_PAUSE`` whole requests rejected in a row, each next request first waits
@@ -145,14 +147,14 @@ class Sender:
                 if status is not None and 200 <= status < 300:
                     self._rejected_in_row = 0
                     self._pace.reset()
-                    again = await self._accepted(encoded, current, answer, len(body))
+                    again, reason = await self._accepted(encoded, current, answer, len(body))
                     if not again:
                         self._recovered(retry.reset())
                         break
-                    # Elasticsearch items answered 429/5xx: only those go again.
+                    # Elasticsearch items answered 429/5xx (or 401/403/404…): only those
+                    # go again.
                     current = again
                     body = await self._body(encoded, current)
-                    reason = f"{len(again)} bulk item(s) answered 429/5xx"
                     await self._wait(retry, reason, len(current), None)
                     continue
                 if status is None or status in _RETRY_STATUS or status >= 500:
@@ -193,13 +195,15 @@ class Sender:
 
     async def _accepted(
         self, encoded: Encoded, indices: Sequence[int], answer: Answer, size: int
-    ) -> list[int]:
+    ) -> tuple[list[int], str]:
         """Books a 2xx; for ``_bulk`` reads the items: returns the indices to send again
-        and dead-letters the rejected ones."""
+        (and why) and dead-letters the rejected ones. Items answered with a status of
+        ``MISCONFIGURED`` (a user that may not write to that index, an index that does
+        not exist and may not be created) are sent again, like 429/5xx."""
         self.bytes_sent += size
         if not self.bulk:
             self.records_sent += len(indices)
-            return []
+            return [], ""
         outcome = read_bulk(answer.body, indices)
         if outcome is None:
             log.warning(
@@ -210,8 +214,19 @@ class Sender:
                 records=len(indices),
             )
             self.records_sent += len(indices)
-            return []
+            return [], ""
         again, dead = outcome.again, outcome.dead
+        reason = f"{len(again)} bulk item(s) answered 429/5xx"
+        refused = [d for d in dead if d[1] in MISCONFIGURED]
+        if refused:
+            dead = [d for d in dead if d[1] not in MISCONFIGURED]
+            chosen = {*again, *(i for i, _, _ in refused)}
+            again = [i for i in indices if i in chosen]
+            _, status, error = refused[0]
+            excerpt = self.scrub(error)[:EXCERPT]
+            self._misconfigured(status, excerpt)
+            reason = f"{len(refused)} bulk item(s) answered {status} "
+            reason += f"({MISCONFIGURED[status]}): {excerpt}"
         self.records_sent += len(indices) - len(again) - len(dead)
         self.already_stored += len(outcome.present)
         if dead:
@@ -219,7 +234,7 @@ class Sender:
                 (encoded.records[i], st, self.scrub(err)[:EXCERPT]) for i, st, err in dead
             ]
             await self.dead_letters.write(items, self.target, batch=False)
-        return again
+        return again, reason
 
     async def _wait(self, retry: Retry, reason: str, records: int, retry_after: str | None) -> None:
         """Sleeps before the next try; logs on tries 1, 2, 4, 8, …"""

@@ -252,6 +252,39 @@ async def test_auth_and_routing_errors_are_retried_never_dead_lettered(
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["http_misconfigured"]
 
 
+async def test_bulk_items_refused_for_permissions_are_retried(
+    receiver: Receiver, make: Any, tmp_path: Path
+) -> None:
+    # Elasticsearch answers 403 (security_exception) or 404 (index_not_found) item by
+    # item when the user may not write to an index or it may not be created: the
+    # agent's configuration, not the records. Retried; the 400 item is dead-lettered.
+    allowed = False
+
+    def status(source: dict[str, Any]) -> int:
+        n = int(source["message"].split()[1])
+        if n == 3:
+            return 400
+        if not allowed:
+            return 403 if n % 2 else 404
+        return 201
+
+    receiver.default = lambda g: bulk_items(g, status)
+    with capture_logs() as logs:
+        exp = await make(receiver, format="elasticsearch")
+        task = asyncio.create_task(exp.send(lines(0, 6)))
+        await until(lambda: len(receiver.got) >= 3)
+        health = exp.health()
+        allowed = True
+        await asyncio.wait_for(task, 10)
+    assert not health.ok and "bulk item(s) answered" in health.detail
+    assert [int(r["message"].split()[1]) for r in dead_letters(tmp_path)] == [3]
+    assert exp.records_sent == 5 and exp.dead_lettered_records == 1
+    last = receiver.got[-1].ndjson()[1::2]
+    assert [r["message"] for r in last] == ["line 0", "line 1", "line 2", "line 4", "line 5"]
+    assert [e["status"] for e in logs if e["event"] == "http_misconfigured"] == [404]
+    assert exp.health().ok
+
+
 async def test_a_run_of_rejections_slows_down(
     receiver: Receiver, make: Any, tmp_path: Path
 ) -> None:
