@@ -64,8 +64,9 @@ _crc32 = zlib.crc32
 _STREAM_LETTER = {"stdout": "o", "stderr": "e", "event": "v", "stats": "s"}
 _MAX_STREAMS = 20_000  # (container, stream) occurrence counts kept; more: forget them all
 
-# (container id, stream or kind) -> [timestamp, {content: lines seen}, id_prefix]: the
-# lines of that stream seen with its latest stamp, by message.
+# (container id, stream or kind) -> [stamp, content, count, {content: count} | None,
+# id_prefix]: the lines of that stream seen under its latest stamp: one message ``count``
+# times, or (several messages) counted by message.
 Occurrences = dict[tuple[str, str], list[Any]]
 
 
@@ -97,6 +98,7 @@ class ElasticsearchEncoder:
         self._static = self._line(index) if not self._dated else b""
         self._by_second: dict[str, bytes] = {}
         self._seen: Occurrences = {}  # as of the last delivered batch
+        self._id_heads: dict[str, bytes] = {}  # "YYYY-MM-DDTHH:MM:SS" -> action up to _id
 
     def _line(self, index: str) -> bytes:
         return _dumps({self.action: {"_index": index}}) + b"\n"
@@ -128,43 +130,65 @@ class ElasticsearchEncoder:
         return Encoded(records, parts)
 
     def _encode_with_ids(self, records: Sequence[Record]) -> Encoded:
-        """``encode`` with an ``_id`` in each action line (see the module's docstring)."""
+        """``encode`` with an ``_id`` in each action line (see the module's docstring).
+
+        Per record: the occurrence count of its stream (the previous record's stream
+        state is reused without a lookup, the usual case in a reader's batch), a crc32
+        and one bytes formatting."""
         parts: list[bytes] = []
         append = parts.append
-        action_line = self.action_line
+        heads = self._id_heads
         seen = self._seen
         pending: Occurrences = {}  # this batch's counts, committed once it is delivered
+        last_meta: object = None
+        last_stream = ""
+        state: list[Any] = []
         for rec in records:
             ts = rec.timestamp
             message = rec.message
             content = rec.json() if message is None else message.encode("utf-8", "surrogatepass")
-            key = (rec.meta.id, rec.stream or rec.kind)
-            state = pending.get(key)
-            if state is None:
-                before = seen.get(key)
-                if before is None:
-                    state = ["", {}, id_prefix(*key)]
-                else:
-                    state = [before[0], dict(before[1]), before[2]]
-                pending[key] = state
-            if state[0] != ts:
-                state[0] = ts
-                state[1] = {content: 1}
+            meta = rec.meta
+            stream = rec.stream or rec.kind
+            if meta is not last_meta or stream != last_stream:
+                key = (meta.id, stream)
+                found = pending.get(key)
+                if found is None:
+                    before = seen.get(key)
+                    if before is None:
+                        found = ["", b"", 0, None, id_prefix(meta.id, stream)]
+                    else:
+                        found = list(before)
+                        if before[3] is not None:
+                            found[3] = dict(before[3])
+                    pending[key] = found
+                state, last_meta, last_stream = found, meta, stream
+            if state[0] != ts:  # a new stamp: the usual case
+                state[0], state[1], state[2], state[3] = ts, content, 1, None
                 n = 0
-            else:
-                counts = state[1]
+            elif state[3] is None and state[1] == content:  # the same line again
+                n = state[2]
+                state[2] = n + 1
+            else:  # several lines under one stamp: count each message
+                counts = state[3]
+                if counts is None:
+                    counts = state[3] = {state[1]: state[2]}
                 n = counts.get(content, 0)
                 counts[content] = n + 1
-            # '{"create":{"_index":"…"' + ',"_id":"…"}}\n' + the source as without ids
+            head = heads.get(ts[:19])
+            if head is None:  # '{"create":{"_index":"…","_id":"'
+                if len(heads) > 4096:
+                    heads.clear()
+                head = heads[ts[:19]] = self.action_line(ts)[:-3] + b',"_id":"'
+            stamp = ts.encode()
             append(
-                b'%s,"_id":"%s%s%08x%s"}}\n{"@timestamp":"%s",%s'
+                b'%s%s%s%08x%s"}}\n{"@timestamp":"%s",%s'
                 % (
-                    action_line(ts)[:-3],
-                    state[2],
-                    (ts if len(ts) == 30 and ts[29] == "Z" else canonical(ts)).encode(),
+                    head,
+                    state[4],
+                    stamp if len(ts) == 30 and ts[29] == "Z" else canonical(ts).encode(),
                     _crc32(content),
                     b".%d" % n if n else b"",
-                    ts.encode(),
+                    stamp,
                     rec.json()[1:],
                 )
             )

@@ -238,6 +238,9 @@ def test_bulk_ids_of_identical_lines() -> None:
     bulk_ids(enc, same[:2])
     assert bulk_ids(enc, same[2:], deliver=False) == whole[2:]
     assert bulk_ids(enc, same[2:]) == whole[2:]
+    enc = ElasticsearchEncoder(id="deterministic")
+    assert bulk_ids(enc, [same[0], same[3]]) == [whole[0], whole[3]]
+    assert bulk_ids(enc, [same[1]], deliver=False) == bulk_ids(enc, [same[1]]) == [whole[1]]
     # The documented limit: after a restart between two identical lines, the second
     # counts from 0 and takes the first one's id.
     assert bulk_ids(ElasticsearchEncoder(id="deterministic"), same[1:2]) == whole[:1]
