@@ -24,6 +24,8 @@ ARG BASE=python:3.11-slim-bookworm
 
 ########## build stage ##########
 FROM ${BASE} AS build
+# Tells this stage's leftover image apart (scripts/build-image.sh prunes it).
+LABEL org.opencontainers.image.title="container-agent-build"
 ARG WHEELHOUSE=
 ARG VERSION=0.1.0
 

@@ -120,9 +120,9 @@ if ! pip_wheel --no-index --find-links "$cache" --wheel-dir "$context/$wheelhous
 fi
 version=$("$PY" -c 'import re; print(re.search(r"__version__ = \"(.+)\"", open("agent/__init__.py").read())[1])')
 wheel=$(ls "$context/$wheelhouse"/container_agent-"$version"-*.whl)
-if ! "$PY" -m zipfile -l "$wheel" | grep -q 'agent/_speedups\.'; then
-  say "$wheel has no C extension (agent/_speedups.c did not compile: is gcc there?)"
-  exit 1
+if ! "$PY" -c 'import sys, zipfile
+sys.exit(not [n for n in zipfile.ZipFile(sys.argv[1]).namelist() if n.startswith("agent/_speedups.")])' "$wheel"; then
+  fail "$log" "$(basename "$wheel") has no C extension (agent/_speedups.c did not compile: is gcc there?)"
 fi
 say "wheelhouse: $(ls "$context/$wheelhouse" | wc -l) wheels," \
   "$(du -sh "$context/$wheelhouse" | cut -f1), in $(($(now) - t1)) s"
@@ -137,13 +137,18 @@ fi
 # have no buildx): the classic builder, which builds multi-stage Dockerfiles too. RUN steps
 # get no network: everything comes from the base and the wheelhouse.
 log=$work/image-build.log
-DOCKER_BUILDKIT=0 docker build --network none \
+DOCKER_BUILDKIT=0 docker build --network none --force-rm \
   --build-arg BASE="$base" \
   --build-arg WHEELHOUSE="$wheelhouse" \
   --build-arg VERSION="$version" \
   --build-arg REVISION="$revision" \
   -t "$tag" "$context" >"$log" 2>&1 || fail "$log" "docker build failed"
 rm -rf "$work"
+# What earlier builds left untagged, of these images only: the build stage, and the image
+# this tag named before.
+for title in container-agent-build container-agent; do
+  docker image prune --force --filter "label=org.opencontainers.image.title=$title" >/dev/null
+done
 size=$(docker image inspect -f '{{.Size}}' "$tag")
 say "image $tag: $((size / 1000000)) MB, built in $(($(now) - t2)) s"
 echo "$tag"
