@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 
 import exporters
 from agent.engine.client import DEFAULT_HOST
+from agent.engine.tls import TlsConfig
 from agent.filters import ContainerFilter
 from agent.section import Section
 from exporters.base import REGISTRY, ExporterConfig
@@ -34,8 +35,14 @@ def _default_host() -> str:
 class EngineConfig(Section):
     host: str = Field(
         default_factory=_default_host,
-        description="Engine address (`unix://…` or `tcp://…`); default `$DOCKER_HOST`, else "
-        f"`{DEFAULT_HOST}`.",
+        description="Engine address (`unix://…` or `tcp://host:port`, over TLS as `tls` says; "
+        f"`http://host:port` is always plain); default `$DOCKER_HOST`, else `{DEFAULT_HOST}`.",
+    )
+    tls: TlsConfig = Field(
+        default_factory=TlsConfig,
+        description="TLS to a `tcp://` engine, used when `verify` is true or a file is set; "
+        "the defaults come from `$DOCKER_TLS_VERIFY` and `$DOCKER_CERT_PATH` as for the "
+        "Docker CLI (no port in `host`: 2376 over TLS, else 2375).",
     )
     reconnect_min_seconds: float = Field(
         0.5, gt=0, description="First back-off before reconnecting to a lost engine."

@@ -94,7 +94,7 @@ class Runtime:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path  # what a reload (SIGHUP) reads again
-        self.engine = Engine(config.engine.host)
+        self.engine = Engine(config.engine.host, config.engine.tls)
         self.stopping = asyncio.Event()
         self.pipeline: Pipeline | None = None
         self.followers: LogFollowers | None = None

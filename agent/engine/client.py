@@ -5,13 +5,24 @@ drops the stdout/stderr distinction and decodes frame by frame; so log streams a
 raw bytes and decoded by us: straight from the socket (``agent.httpstream``, a third of
 the event loop less than through aiohttp) unless the engine is reached over TLS. The
 aiodocker version is pinned in pyproject.toml.
+
+The calls, all ``GET`` (``/vX.Y`` is the engine's own API version, read once from
+``/version``): ``/version``, ``/vX.Y/info``, ``/vX.Y/containers/json``,
+``/vX.Y/containers/{id}/json``, ``/vX.Y/containers/{id}/logs``,
+``/vX.Y/containers/{id}/stats``, ``/vX.Y/events``. Nothing else: an engine behind a proxy
+that allows only these (tests/readonly_proxy.py) serves every feature.
+
+A ``tcp://`` engine is reached over TLS when ``engine.tls`` says so (``agent.engine.tls``:
+the Docker CLI's ``DOCKER_TLS_VERIFY`` and ``DOCKER_CERT_PATH`` by default): one
+``ssl.SSLContext`` for every call and every log stream; aiodocker's own TLS set-up (and
+its reading of ``DOCKER_*`` variables) is never used for ``tcp://``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -26,6 +37,7 @@ from agent.engine.httpstream import (
     HttpStreamError,
     open_stream,
 )
+from agent.engine.tls import TlsConfig, TlsError, client_context
 
 log = structlog.get_logger("agent.engine")
 
@@ -58,10 +70,31 @@ def status_error(what: str, status: int, message: str) -> EngineError:
     return cls(f"{what}: {status} {message}", status)
 
 
-def _translate(exc: BaseException, what: str) -> EngineError:
+def _translate(exc: BaseException, what: str, tls: TlsConfig | None = None) -> EngineError:
+    """``tls``: the engine is reached over TLS with these settings; a TLS failure then says
+    what failed and with which settings, not only that the engine could not be reached."""
+    if tls is not None and (problem := _tls_problem(exc)) is not None:
+        return EngineError(f"{what}: {problem} (engine.tls: {tls.describe()})")
+    answered = isinstance(exc, aiodocker.DockerError) and exc.status != _NO_CONNECTION
     if isinstance(exc, aiodocker.DockerError):
-        return status_error(what, exc.status, exc.message)
-    return EngineError(f"{what}: {type(exc).__name__}: {exc}")
+        error = status_error(what, exc.status, exc.message)
+    else:
+        error = EngineError(f"{what}: {type(exc).__name__}: {exc}")
+    if tls is not None and not answered:
+        note = f"over TLS: {tls.describe()}"
+        if not tls.cert_file:
+            # With TLS 1.3 an engine that wants a client certificate closes the connection
+            # after the handshake: all the client sees is "Server disconnected".
+            note += (
+                "; no client certificate (engine.tls.cert_file, key_file): an engine run "
+                "with --tlsverify closes the connection without one"
+            )
+        error = type(error)(f"{error} ({note})", error.status)
+    return error
+
+
+# aiodocker's status for "Cannot connect to Docker Engine via …" (no HTTP answer at all).
+_NO_CONNECTION = 900
 
 
 # How much of a log stream may wait unread before the socket stops being read (the engine
@@ -70,7 +103,25 @@ def _translate(exc: BaseException, what: str) -> EngineError:
 _READ_BUFSIZE = 1 << 20
 
 
-def _client(host: str) -> aiodocker.Docker:
+def _split_tcp(host: str, default_port: int) -> tuple[str, int]:
+    """``tcp://host:port/…`` as (host, port); an IPv6 address without its brackets."""
+    hostport = host.split("://", 1)[1].split("/", 1)[0]
+    name, sep, port = hostport.rpartition(":")
+    if sep and port.isdigit() and not name.endswith(":"):
+        return name.strip("[]"), int(port)
+    return hostport.strip("[]"), default_port
+
+
+def _url_host(name: str) -> str:
+    return f"[{name}]" if ":" in name else name
+
+
+def _uses_tls(host: str, tls: TlsConfig) -> bool:
+    """TLS for ``tcp://`` when the settings ask for it; ``http://`` is always plain."""
+    return host.startswith("tcp://") and tls.enabled
+
+
+def _client(host: str, tls: TlsConfig) -> aiodocker.Docker:
     # No connection limit: every followed container holds one log stream open, and
     # aiohttp's default of 100 would leave inspect and stats calls waiting behind them.
     if host.startswith("unix://"):
@@ -80,25 +131,54 @@ def _client(host: str) -> aiodocker.Docker:
         docker = aiodocker.Docker(url="unix://localhost", connector=connector, session=session)
         docker._connection_info = host  # error messages name the real socket
         return docker
-    if host.startswith(("tcp://", "http://")) and os.environ.get("DOCKER_TLS_VERIFY") != "1":
-        tcp = aiohttp.TCPConnector(limit=0)
+    if host.startswith(("tcp://", "http://")):
+        secure = _uses_tls(host, tls)
+        try:
+            context = client_context(tls) if secure else None
+        except TlsError as exc:
+            raise EngineError(str(exc)) from None
+        name, port = _split_tcp(host, 2376 if secure else 2375)
+        # ssl=False, not None: plain HTTP, whatever aiohttp's default for https would be.
+        tcp = aiohttp.TCPConnector(limit=0, ssl=context if context is not None else False)
         session = aiohttp.ClientSession(connector=tcp, read_bufsize=_READ_BUFSIZE)
-        url = "http://" + host.split("://", 1)[1]
-        return aiodocker.Docker(url=url, connector=tcp, session=session)
-    return aiodocker.Docker(url=host)  # TLS and other schemes: aiodocker's own set-up
+        url = f"{'https' if secure else 'http'}://{_url_host(name)}:{port}"
+        docker = aiodocker.Docker(url=url, connector=tcp, session=session)
+        docker._connection_info = host
+        return docker
+    return aiodocker.Docker(url=host)  # ssh:// and other schemes: aiodocker's own set-up
 
 
-def _plain_address(host: str) -> tuple[str, int] | str | None:
+def _plain_address(host: str, tls: TlsConfig) -> tuple[str, int] | str | None:
     """Where to open a log stream without aiohttp: a unix socket's path, or a plain TCP
-    (host, port); None for TLS (``DOCKER_TLS_VERIFY``) and other schemes."""
+    (host, port); None over TLS and for other schemes."""
     if host.startswith("unix://"):
         return host.removeprefix("unix://")
-    if host.startswith(("tcp://", "http://")) and os.environ.get("DOCKER_TLS_VERIFY") != "1":
-        hostport = host.split("://", 1)[1].split("/", 1)[0]
-        name, sep, port = hostport.rpartition(":")
-        if sep and port.isdigit():
-            return name.strip("[]"), int(port)
-        return hostport.strip("[]"), 2375
+    if host.startswith(("tcp://", "http://")) and not _uses_tls(host, tls):
+        return _split_tcp(host, 2375)
+    return None
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """What went wrong in TLS, when ``exc`` (or what it was raised from) is a TLS error."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, aiohttp.ClientConnectorCertificateError):
+            cert_error = cur.certificate_error
+            detail = getattr(cert_error, "verify_message", None) or str(cert_error)
+            return f"the engine's certificate was not accepted: {detail}"
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return f"the engine's certificate was not accepted: {cur.verify_message or cur}"
+        if isinstance(cur, ssl.SSLError):
+            return f"TLS failed: {cur.reason or cur.strerror or cur}"
+        if isinstance(cur, aiohttp.ClientSSLError):
+            inner = cur.__cause__ or cur.__context__
+            if isinstance(inner, ssl.SSLError):
+                cur = inner
+                continue
+            return f"TLS failed: {cur}"
+        cur = cur.__cause__ or cur.__context__
     return None
 
 
@@ -129,8 +209,11 @@ class LogStream:
 class Engine:
     """A client of one Docker engine, shared by discovery and every reader."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, tls: TlsConfig | None = None) -> None:
         self.host = host
+        # None: the Docker CLI's environment (DOCKER_TLS_VERIFY, DOCKER_CERT_PATH).
+        self.tls = tls if tls is not None else TlsConfig()
+        self.secure = _uses_tls(host, self.tls)  # a tcp:// engine over TLS
         self._docker: aiodocker.Docker | None = None
         self.header_timeout = HEADER_TIMEOUT_SECONDS  # a logs request's answer, at most
         self.bad_events = 0  # event stream lines that were not a JSON object (skipped)
@@ -138,7 +221,7 @@ class Engine:
     @property
     def docker(self) -> aiodocker.Docker:
         if self._docker is None:
-            self._docker = _client(self.host)
+            self._docker = _client(self.host, self.tls)
         return self._docker
 
     async def close(self) -> None:
@@ -149,22 +232,30 @@ class Engine:
                     await self._docker.session.close()
             self._docker = None
 
+    def _error(self, exc: BaseException, what: str) -> EngineError:
+        return _translate(exc, what, self.tls if self.secure else None)
+
     async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         try:
             async with self.docker._query(path, params=params, timeout=_CALL_TIMEOUT) as resp:
                 return orjson.loads(await resp.read())
         except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
-            raise _translate(exc, f"GET /{path}") from exc
+            raise self._error(exc, f"GET /{path}") from exc
 
     async def version(self) -> dict[str, Any]:
-        """``GET /version``; also fixes the API version used for every later call."""
+        """``GET /version``; also fixes the API version used for every later call (so that
+        aiodocker does not ask ``/version`` again for it)."""
         try:
             async with self.docker._query(
                 "version", versioned_api=False, timeout=_CALL_TIMEOUT
             ) as resp:
-                return orjson.loads(await resp.read())
+                answer = orjson.loads(await resp.read())
         except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
-            raise _translate(exc, "GET /version") from exc
+            raise self._error(exc, "GET /version") from exc
+        api = answer.get("ApiVersion") if isinstance(answer, dict) else None
+        if self.docker.api_version == "auto" and isinstance(api, str) and api:
+            self.docker.api_version = f"v{api}"
+        return answer
 
     async def info(self) -> dict[str, Any]:
         return await self._get("info")
@@ -195,7 +286,7 @@ class Engine:
         if tail is not None:
             params["tail"] = str(tail)
         what = f"GET /containers/{container_id[:12]}/logs"
-        address = _plain_address(self.host)
+        address = _plain_address(self.host, self.tls)
         if address is None:  # TLS and other schemes: through aiodocker's session
             async with self._logs_aiohttp(container_id, params, what) as stream:
                 yield stream
@@ -211,7 +302,7 @@ class Engine:
         except HttpStreamError as exc:
             raise EngineError(f"{what}: {exc}") from exc
         except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
-            raise _translate(exc, what) from exc
+            raise self._error(exc, what) from exc
         try:
             yield LogStream(raw.read_parts, what)
         finally:
@@ -227,7 +318,7 @@ class Engine:
             )
             resp = await cm.__aenter__()
         except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
-            raise _translate(exc, what) from exc
+            raise self._error(exc, what) from exc
         try:
 
             async def read_parts() -> list[bytes]:
@@ -274,4 +365,4 @@ class Engine:
                             continue
                         yield event
         except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
-            raise _translate(exc, "GET /events") from exc
+            raise self._error(exc, "GET /events") from exc
