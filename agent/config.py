@@ -50,6 +50,14 @@ class EngineConfig(Section):
     reconnect_max_seconds: float = Field(
         30.0, gt=0, description="Cap of the back-off (full jitter) between reconnect attempts."
     )
+    skip_own_container: bool = Field(
+        True,
+        description="When the agent runs in a container of this engine, never follow that "
+        "container (its logs, events and stats), so that the agent does not read its own "
+        "output in a loop. The container is found from `/proc/self/cgroup` (cgroup v1), "
+        "`/proc/self/mountinfo` (cgroup v2: the engine's `/etc/hostname` mount), else "
+        "`$HOSTNAME` as a 12-digit id prefix; outside a container nothing is skipped.",
+    )
 
 
 class LogsConfig(Section):

@@ -330,6 +330,7 @@ class Runtime:
             host,
             cfg.logs.start_at,
             inventory,
+            skip_own_container=cfg.engine.skip_own_container,
         )
         self.checkpoints = CheckpointStore(cfg.state_dir, cfg.checkpoints.interval_seconds)
         self.discovery.start_at = self._load_checkpoints()

@@ -4,14 +4,21 @@ On (re)connect: read the engine's clock, list containers and follow them, then s
 events from that clock on (the engine replays what happened in between, so no start is
 missed; replays already seen are skipped). Each container event also becomes a record.
 When the stream ends or fails the engine is gone: log it once, back off with jitter, retry.
+
+When the agent runs in a container of the engine it follows, that container is skipped
+(``engine.skip_own_container``): its logs are the agent's own log, which it would read,
+send, log about and read again. ``own_container_id`` finds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -41,6 +48,66 @@ _REPLAY_MARGIN_NS = 2_000_000_000
 _DETAIL_KEYS = {"health_status": "health_status"}
 
 
+_ID = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+# The files the engine bind-mounts into every container from its container directory:
+# <root>/containers/<id>/hostname (podman: …/overlay-containers/<id>/userdata/hostname).
+_OWN_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
+_MOUNTED_FILE = re.compile(
+    r"(?<![0-9a-f])([0-9a-f]{64})/(?:userdata/)?(?:hostname|hosts|resolv\.conf)$"
+)
+_HOSTNAME_ID = re.compile(r"[0-9a-f]{12}")
+
+
+def own_container_id(
+    proc: str | os.PathLike[str] = "/proc",
+    environ: Mapping[str, str] | None = None,
+    root: str | os.PathLike[str] = "/",
+) -> tuple[str, str] | None:
+    """The container this process runs in, as (id, how it was found), or None outside a
+    container (or when nothing tells). The id is the full 64 hex digits, except from
+    ``$HOSTNAME``: the 12-digit prefix that the engine uses as a container's host name.
+
+    * ``cgroup``: ``/proc/self/cgroup`` names the container's cgroup with cgroup v1, and
+      with v2 in the host's cgroup namespace (``/docker/<id>``,
+      ``/system.slice/docker-<id>.scope``; nested: the innermost);
+    * ``mountinfo``: with cgroup v2 a container has a cgroup namespace of its own (its
+      cgroup reads ``0::/``), but the engine still bind-mounts ``/etc/hostname``,
+      ``/etc/hosts`` and ``/etc/resolv.conf`` from ``<data-root>/containers/<id>/``;
+    * ``hostname``: else ``$HOSTNAME`` when it is 12 hex digits and ``/.dockerenv`` (or
+      podman's ``/run/.containerenv``) says this is a container.
+    """
+    env = os.environ if environ is None else environ
+    base = Path(proc) / "self"
+    try:
+        cgroup = (base / "cgroup").read_text(errors="replace")
+    except OSError:
+        cgroup = ""
+    for line in reversed(cgroup.splitlines()):
+        path = line.split(":", 2)[-1]
+        found = _ID.findall(path)
+        if found:
+            return found[-1], "cgroup"
+    try:
+        mountinfo = (base / "mountinfo").read_text(errors="replace")
+    except OSError:
+        mountinfo = ""
+    by_target: dict[str, str] = {}
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] in _OWN_FILES:
+            match = _MOUNTED_FILE.search(fields[3])
+            if match:
+                by_target.setdefault(fields[4], match.group(1))
+    for target in _OWN_FILES:
+        if target in by_target:
+            return by_target[target], "mountinfo"
+    hostname = env.get("HOSTNAME", "")
+    marked = any((Path(root) / f).exists() for f in (".dockerenv", "run/.containerenv"))
+    if marked and _HOSTNAME_ID.fullmatch(hostname):
+        return hostname, "hostname"
+    return None
+
+
 class Discovery:
     def __init__(
         self,
@@ -52,6 +119,7 @@ class Discovery:
         host: str,
         start_at: str = "beginning",
         inventory: Inventory | None = None,
+        skip_own_container: bool = True,
     ) -> None:
         self.engine = engine
         self.followers = followers
@@ -66,6 +134,9 @@ class Discovery:
         self.reconnects = 0
         self.events_seen = 0
         self.last_error = ""
+        # The agent's own container: (id or 12-digit prefix, how it was found), or None.
+        self.own = own_container_id() if skip_own_container else None
+        self._own_seen = False
         self._last_event_ns = 0
         # Keys of recent events: a reconnect asks the engine to replay from a little before
         # the newest event seen, and these say which of the replayed ones were handled.
@@ -116,6 +187,8 @@ class Discovery:
         existing = {c["Id"] for c in listed}
         now = normalize_timestamp(info["SystemTime"]) if info.get("SystemTime") else None
         for c in listed:
+            if self._is_own(c["Id"], c):
+                continue
             meta = ContainerMeta.from_list(c, self.host)
             if self.containers.accepts(meta) and (
                 c.get("State") == "running" or meta.id in self.inventory.containers
@@ -151,10 +224,29 @@ class Discovery:
             log.warning("refollow_failed", error=str(exc))  # the next reconnect lists again
             return
         for c in listed:
+            if self._is_own(c["Id"], c):
+                continue
             meta = ContainerMeta.from_list(c, self.host)
             if self.containers.accepts(meta):
                 self.inventory.seen_in_listing(meta, c.get("State") or "running")
                 self.followers.follow(meta)
+
+    def _is_own(self, cid: str, listed: dict[str, Any] | None = None) -> bool:
+        """Whether ``cid`` is the agent's own container (logged the first time it is)."""
+        if self.own is None or not cid.startswith(self.own[0]):
+            return False
+        if not self._own_seen:
+            self._own_seen = True
+            names = (listed or {}).get("Names") or []
+            log.info(
+                "own_container_skipped",
+                id=cid[:12],
+                container=names[0].lstrip("/") if names else None,
+                found_by=self.own[1],
+                hint="the agent's own container is never followed "
+                "(engine.skip_own_container: false follows it)",
+            )
+        return True
 
     async def _events(self) -> None:
         async for event in self.engine.events(since=self._since, filters={"type": ["container"]}):
@@ -174,6 +266,8 @@ class Discovery:
             self._recent.discard(self._recent_order.popleft())
         self._last_event_ns = max(self._last_event_ns, time_ns)
         self.events_seen += 1
+        if self._is_own(cid):
+            return
 
         action, _, detail = raw_action.partition(": ")
         attributes = dict(actor.get("Attributes") or {})
