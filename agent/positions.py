@@ -88,7 +88,7 @@ class FileMark:
         it is delivered."""
         assert record.mark is not None
         inode, offset = record.mark
-        return cls(inode, offset, record.timestamp, dict(positions), tail)
+        return cls(inode, offset, end_stamp(record), dict(positions), tail)
 
     @classmethod
     def from_dict(cls, doc: object) -> FileMark:
@@ -109,8 +109,18 @@ class FileMark:
         return cls(inode, offset, ts, {s: Position.from_dict(p) for s, p in streams.items()})
 
 
+def end_stamp(record: Record) -> str:
+    """The engine stamp of the last line ``record`` accounts for (see ``Record.extra``)."""
+    extra = record.extra
+    return record.timestamp if extra is None or extra.end is None else extra.end[0]
+
+
 def advance(positions: dict[str, Position], records: list[Record]) -> None:
-    """Moves each stream's position to the end of ``records`` (delivered in this order)."""
+    """Moves each stream's position to the end of ``records`` (delivered in this order).
+
+    A record with ``extra.end`` (processing: joined lines, lines dropped on purpose before
+    it, a time taken from the text) accounts for the lines that says, not for one line
+    at ``timestamp``."""
     streams = list(map(_stream_of, records))
     streams.reverse()
     last = len(records) - 1
@@ -119,15 +129,25 @@ def advance(positions: dict[str, Position], records: list[Record]) -> None:
             i = last - streams.index(stream)  # the stream's last record (C speed)
         except ValueError:
             continue
-        ts = records[i].timestamp
+        ts = end_stamp(records[i])
         count = 0
         j = i
         while j >= 0:
             other = records[j]
             if other.stream == stream:
-                if other.timestamp != ts:
-                    break
-                count += 1
+                extra = other.extra
+                if extra is None or extra.end is None:
+                    if other.timestamp != ts:
+                        break
+                    count += 1
+                else:
+                    end_ts, n, whole = extra.end
+                    if end_ts != ts:
+                        break
+                    count += n
+                    if not whole:  # its lines begin at an older stamp: the run ends here
+                        j = 0
+                        break
             j -= 1
         if j < 0:
             # Every line of this stream in the batch shares the timestamp: continue the

@@ -125,17 +125,49 @@ _EVENT_ONLY_ATTRIBUTES = (
 )
 
 
+class Extra:
+    """What the processing stages (``agent/processing``) add to a log record; a record
+    that went through none of them has none (``Record.extra`` is None).
+
+    ``level``, ``fields`` and ``lines`` are written into the record's JSON (docs/records.md).
+    ``end`` is bookkeeping only, for ``agent.positions.advance``: which lines of its stream
+    the record accounts for, when that is not just the line stamped ``timestamp``. It is
+    ``(stamp, count, whole)``: the stamp of the last line it accounts for, how many of its
+    lines at the end carry that stamp, and whether all of them do. A record joined from
+    several lines (multiline) ends at its last line although it is stamped with its first;
+    one whose time came from the line's text is still at the engine's stamp; one that
+    follows lines dropped on purpose (a filter, a rate limit) accounts for them too.
+    """
+
+    __slots__ = ("end", "fields", "level", "lines")
+
+    def __init__(self) -> None:
+        self.level: str | None = None
+        self.fields: dict[str, Any] | None = None
+        self.lines = 1
+        self.end: tuple[str, int, bool] | None = None
+
+    @property
+    def shown(self) -> bool:
+        """Whether the record's JSON carries any of it."""
+        return self.level is not None or self.fields is not None or self.lines != 1
+
+
 class Record:
     """One log line, one container event or one stats sample.
 
     ``timestamp`` is the engine's RFC 3339 stamp with nanoseconds, kept as the engine
     wrote it: it orders records and is the resume position after a reconnect.
+    ``extra`` holds what processing stages added (``Extra``), else None. A record whose
+    ``extra`` is ``shown`` must be encoded (``json()``) before it reaches the C NDJSON
+    encoder, which writes the plain shape only: the processing chain does it.
     """
 
     __slots__ = (
         "_json",
         "action",
         "attributes",
+        "extra",
         "kind",
         "mark",
         "message",
@@ -168,6 +200,7 @@ class Record:
         self.attributes = attributes
         self.stats = stats
         self._json: bytes | None = None
+        self.extra: Extra | None = None
         # File-read log lines: (inode, offset just past this line) on the last record of a
         # batch that ends at a line boundary; what checkpoints by position are made of.
         self.mark: tuple[int, int] | None = None
@@ -190,8 +223,25 @@ class Record:
 
     @property
     def fields(self) -> dict[str, Any] | None:
-        """The message's fields when the message is a JSON object, else None."""
+        """The fields a parser found, else the message's when it is a JSON object, else
+        None."""
+        extra = self.extra
+        if extra is not None and extra.fields is not None:
+            return extra.fields
         return _json_fields(self.message) if self.kind == "log" else None
+
+    @property
+    def level(self) -> str | None:
+        """The normalised level a processing stage found (debug, info, warning, error,
+        fatal), else None."""
+        extra = self.extra
+        return extra.level if extra is not None else None
+
+    @property
+    def lines(self) -> int:
+        """How many lines the record joins (multiline), 1 for a plain line."""
+        extra = self.extra
+        return extra.lines if extra is not None else 1
 
     def json(self) -> bytes:
         """The record as one JSON object (no newline), encoded once and cached."""
@@ -216,6 +266,17 @@ class Record:
                     + b'","timestamp":"'
                 )
             message = self.message or ""
+            extra = self.extra
+            if extra is not None and extra.shown:
+                return b"".join(
+                    (
+                        prefix,
+                        self.timestamp.encode(),
+                        b'","message":',
+                        _dumps(message),
+                        *_extra_tail(message, self.truncated, extra),
+                    )
+                )
             tail = b"}"
             if self.truncated or (message[:1] == "{" and message[-1:] == "}"):
                 tail = b',"truncated":true}' if self.truncated else b"}"
@@ -250,6 +311,20 @@ class Record:
 
     def __repr__(self) -> str:
         return f"Record({self.json().decode()})"
+
+
+def _extra_tail(message: str, truncated: bool, extra: Extra) -> tuple[bytes, ...]:
+    """The keys after ``message`` of a log record with processing results."""
+    parts: list[bytes] = [b',"truncated":true'] if truncated else []
+    fields = extra.fields if extra.fields is not None else _json_fields(message)
+    if fields is not None:
+        parts += (b',"fields":', _dumps(fields))
+    if extra.level is not None:
+        parts += (b',"level":"', extra.level.encode(), b'"')
+    if extra.lines != 1:
+        parts.append(b',"lines":%d' % extra.lines)
+    parts.append(b"}")
+    return tuple(parts)
 
 
 def _json_fields(message: str | None) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ _LOG_DEFAULTS = {
     "stats": None,
     "_json": None,
     "mark": None,
+    "extra": None,  # processing results (the chain encodes records that have some)
 }
 
 

@@ -1,0 +1,31 @@
+"""Helpers for the processing stages' unit tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from agent.record import ContainerMeta, Record, format_timestamp_ns
+
+DATA = Path(__file__).parent / "data"
+CID = "c" * 64
+
+
+def meta(labels: dict[str, str] | None = None, name: str = "/app") -> ContainerMeta:
+    return ContainerMeta(CID, name, "img:1", labels or {}, "host1")
+
+
+def stamp(i: int) -> str:
+    return format_timestamp_ns(1_800_000_000_000_000_000 + i * 1000)
+
+
+def records(
+    messages: list[str], stream: str = "stdout", m: ContainerMeta | None = None, start: int = 0
+) -> list[Record]:
+    m = m or meta()
+    return [Record.log(stamp(start + i), m, stream, msg, False) for i, msg in enumerate(messages)]
+
+
+def traces() -> dict[str, Any]:
+    return json.loads((DATA / "traces.json").read_text())
