@@ -185,11 +185,13 @@ class Runtime:
         """Writes the checkpoint at most once per interval when a position moved. The
         first write comes as soon as anything is delivered after a (re)start, not an
         interval later: an agent killed again before its first write would have its
-        whole run's output delivered again after the next start."""
+        whole run's output delivered again after the next start. (Polled, cheaply, until
+        the first acknowledgement: a send, or an append to a disk buffer.)"""
         assert self.checkpoints is not None and self.pipeline is not None
-        runners = self.pipeline.runners
-        at_start = sum(r.exported for r in runners)
-        while sum(r.exported for r in runners) == at_start:  # noqa: ASYNC110 - until the first delivery only
+        pipeline = self.pipeline
+        at_start = sum(r.acknowledged for r in pipeline.runners)
+        # (runners read afresh: a reload may replace them)
+        while sum(r.acknowledged for r in pipeline.runners) == at_start:  # noqa: ASYNC110
             await asyncio.sleep(FIRST_CHECKPOINT_POLL_SECONDS)
         while True:
             await self.checkpoints.write_async(*self.checkpoint_positions())

@@ -72,6 +72,7 @@ class ExporterRunner:
         self._free.set()
         self.received = 0
         self.exported = 0  # records delivered: accepted by the exporter, not dead-lettered
+        self.acknowledged = 0  # records accepted (sent, or appended to the disk buffer)
         self.dead_lettered = 0  # records of accepted batches the exporter dead-lettered
         self.dropped: collections.Counter[str] = collections.Counter()
         self.failures = 0
@@ -106,6 +107,7 @@ class ExporterRunner:
             ]
 
     def _ack(self, batch: list[Record]) -> None:
+        self.acknowledged += len(batch)
         # A batch joins the readers' batches whole: runs of one container's records, each
         # ending where one of its reader's batches ended. Grouped at C speed.
         for meta, group in itertools.groupby(batch, _meta_of):

@@ -20,9 +20,10 @@ import structlog
 
 from agent.engine.client import EngineError, NotFound
 from agent.positions import advance
+from agent.processing.chain import ChainDriver
 from agent.record import ContainerMeta, Record
 from agent.retry import Retry
-from agent.sources.base import LogSource, StreamEnd
+from agent.sources.base import Emit, LogSource, StreamEnd
 from agent.sources.lines import LineAssembler
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class ContainerReader:
         self.last_timestamp: str | None = None
         self.failures = 0  # reads that failed (and were retried)
         self.wake = asyncio.Event()  # set to end a back-off early (the engine is back)
+        self.chain: ChainDriver | None = None  # the container's processing, if it has any
 
     def set_meta(self, meta: ContainerMeta) -> None:
         self.meta = meta
@@ -83,6 +85,22 @@ class ContainerReader:
             info.last_log_timestamp = self.last_timestamp
 
     async def run(self) -> None:
+        processing = self.followers.processing
+        if processing is not None:
+            if not processing.enabled(self.meta):
+                log.info("container_logs_disabled", container=self.meta.name, id=self.meta.id[:12])
+                return
+            positions = self.followers.positions.setdefault(self.meta.id, {})
+            self.chain = processing.driver(self.meta, self._emit, positions)
+        if self.chain is None:
+            await self._run(self._emit)  # no processing: batches go straight on
+            return
+        try:
+            await self._run(self.chain.emit)
+        finally:
+            await self.chain.close()  # what it holds goes (the drain bounds the wait)
+
+    async def _run(self, emit: Emit) -> None:
         if self.followers.choose_source is not None:
             self.source = await self.followers.choose_source(self.meta)
             self.followers.inventory.get(self.meta).log_source = self.source.name
@@ -98,7 +116,7 @@ class ContainerReader:
             self.rerun = False
             before = self.lines
             try:
-                end = await self.source.read(self, positions, self._emit)
+                end = await self.source.read(self, positions, emit)
             except NotFound as exc:
                 self._gone(str(exc))
                 return
@@ -115,6 +133,8 @@ class ContainerReader:
                     id=self.meta.id[:12],
                     failures=retry.reset(),
                 )
+            if end is StreamEnd.STOPPED and self.chain is not None:
+                await self.chain.finish()  # the output ended: held lines go now
             if end is StreamEnd.STOPPED and not self.rerun:
                 log.debug("log_stream_ended", container=self.meta.name, lines=self.lines)
                 return

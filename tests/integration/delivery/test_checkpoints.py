@@ -66,10 +66,14 @@ async def wait_lines(path: Path, n: int, timeout: float = 60) -> None:
 
 
 async def wait_checkpoint(path: Path, ids: list[str], timeout: float = 20) -> None:
-    """Until the checkpoint file names every container: the restart then resumes from it."""
+    """Until the checkpoint file holds a delivered position of every container (a
+    followed container with nothing delivered yet has an empty entry), and its file mark
+    once the stdout position is there: the restart then resumes from it."""
     for _ in range(int(timeout / 0.1)):
-        if path.exists() and all(c in orjson.loads(path.read_bytes())["containers"] for c in ids):
-            return
+        if path.exists():
+            saved = orjson.loads(path.read_bytes())["containers"]
+            if all(saved.get(c, {}).get("stdout") for c in ids):
+                return
         await asyncio.sleep(0.1)
     raise AssertionError(f"{path} does not name all of {ids} after {timeout}s")
 
