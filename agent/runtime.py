@@ -127,6 +127,7 @@ class Runtime:
         False: a reload that keeps the running one), bound to the agent's state."""
         disk = self.make_buffer(name, ec) if buffer and ec.buffer.type == "disk" else None
         runner = ExporterRunner(REGISTRY[ec.type](name, ec), ec, self._backoff(), disk)
+        runner.exporter.place(Path(self.config.state_dir))
         if self.state is not None:
             runner.exporter.bind(self.state)
         return runner

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -79,6 +80,9 @@ class Exporter(abc.ABC):
     def __init__(self, name: str, config: Any) -> None:
         self.name = name
         self.config = config
+
+    def place(self, state_dir: Path) -> None:  # noqa: B027 - optional hook
+        """Learns the agent's ``state_dir`` (for files of its own: dead letters)."""
 
     def bind(self, state: Any) -> None:  # noqa: B027 - optional hook
         """Receives the agent's state (``agent.telemetry.AgentState``) before ``start``."""

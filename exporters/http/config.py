@@ -174,7 +174,7 @@ class HttpConfig(ExporterConfig):
     dead_letter_path: str | None = Field(
         None,
         description="NDJSON file for records a backend rejects for good (4xx); default "
-        "`./var/dead-letter/<exporter name>.ndjson`.",
+        "`<state_dir>/dead-letter/<exporter name>.ndjson`.",
     )
     dead_letter_max_bytes: int = Field(
         100 * 1024 * 1024,

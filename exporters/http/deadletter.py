@@ -22,6 +22,7 @@ from pathlib import Path
 import orjson
 import structlog
 
+from agent.fsutil import append_whole
 from agent.record import Record, format_timestamp_ns
 from agent.retry import Backoff, Retry
 
@@ -132,8 +133,11 @@ class DeadLetters:
         if n == 0:
             return 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as f:
-            f.write(b"".join(lines[:n]))
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            # Whole or nothing: on a full disk the file is cut back to where it ended, so
+            # the retried write neither appends to a cut record nor writes one twice.
+            append_whole(fd, b"".join(lines[:n]), fsync=True)
+        finally:
+            os.close(fd)
         return n

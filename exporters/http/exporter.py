@@ -63,7 +63,7 @@ class HttpExporter(Exporter):
         self.encoder: Encoder = make_encoder(config)
         self.url = self._endpoint()
         backoff = Backoff(config.retry.initial_backoff_seconds, config.retry.max_backoff_seconds)
-        path = Path(config.dead_letter_path or f"./var/dead-letter/{name}.ndjson")
+        path = Path(config.dead_letter_path or f"./var/state/dead-letter/{name}.ndjson")
         self.sender = Sender(
             name,
             self.url,
@@ -119,6 +119,13 @@ class HttpExporter(Exporter):
             raise ValueError(
                 f"exporters.{self.name}.tls.ca_file: cannot load {tls.ca_file}: {exc}"
             ) from None
+
+    def place(self, state_dir: Path) -> None:
+        """The dead-letter file lives under ``state_dir`` unless the config names one; a
+        relative path is made absolute now, so that log lines give where it is."""
+        configured = self.config.dead_letter_path
+        path = Path(configured) if configured else state_dir / "dead-letter" / f"{self.name}.ndjson"
+        self.sender.dead_letters.path = path.absolute()
 
     async def start(self) -> None:
         headers, scrub = build_headers(self.config, self.name, self.encoder.content_type)
