@@ -20,6 +20,7 @@ import exporters
 from agent.engine.client import DEFAULT_HOST
 from agent.engine.tls import TlsConfig
 from agent.filters import ContainerFilter
+from agent.processing.config import ProcessingConfig
 from agent.section import Section
 from exporters.base import REGISTRY, ExporterConfig
 
@@ -163,6 +164,11 @@ class Config(Section):
     containers: ContainerFilter = Field(
         default_factory=ContainerFilter,
         description="Which containers are followed at all (logs and events).",
+    )
+    processing: ProcessingConfig = Field(
+        default_factory=ProcessingConfig,
+        description="Log processing per container: multiline, parsers, filters, redaction, "
+        "rate limits; by config rule and by container label (docs/processing.md).",
     )
     exporters: dict[str, ExporterConfig] = Field(
         default_factory=_default_exporters,

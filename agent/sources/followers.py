@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -22,6 +23,9 @@ from agent.record import ContainerMeta
 from agent.retry import Backoff
 from agent.sources.base import Emit, LogSource
 from agent.sources.reader import ContainerReader
+
+if TYPE_CHECKING:
+    from agent.processing.build import Processing
 
 log = structlog.get_logger("agent.sources")
 
@@ -57,6 +61,7 @@ class LogFollowers:
         self._destroyed: set[str] = set()
         self.closed = False
         self.unavailable = 0  # containers removed before any of their logs could be read
+        self.processing: Processing | None = None  # per-container chains (the runtime's)
 
     @property
     def followed(self) -> int:
