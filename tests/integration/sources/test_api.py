@@ -258,7 +258,7 @@ async def test_c_and_python_paths_give_the_same_records(
     """The agent with its C extension and with the Python code it mirrors, on the same
     kinds of output from a real engine: plenty of plain lines (the bulk paths), stderr,
     invalid UTF-8, control characters, non-ASCII, JSON, a line over 16 KiB."""
-    import exporters.file
+    import exporters.file.exporter
     from agent import record, speedups
     from agent.engine import httpstream
     from agent.sources.api import decoder as logstream
@@ -277,12 +277,12 @@ async def test_c_and_python_paths_give_the_same_records(
     if impl == "python":
         monkeypatch.setattr(logstream, "speedups", None)
         monkeypatch.setattr(httpstream, "speedups", None)
-        monkeypatch.setattr(exporters.file, "encode_ndjson", record.encode_ndjson)
+        monkeypatch.setattr(exporters.file.exporter, "encode_ndjson", record.encode_ndjson)
     else:  # the extension, its calls counted: this test must go through it
         spy = SimpleNamespace(bulk_frames=counted("bulk_frames"), dechunk=counted("dechunk"))
         monkeypatch.setattr(logstream, "speedups", spy)
         monkeypatch.setattr(httpstream, "speedups", spy)
-        monkeypatch.setattr(exporters.file, "encode_ndjson", counted("encode_ndjson"))
+        monkeypatch.setattr(exporters.file.exporter, "encode_ndjson", counted("encode_ndjson"))
     agent = await start_agent(logs={"source": "api"})
     n = 2000
     cid = await containers.run(

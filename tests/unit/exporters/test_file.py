@@ -16,8 +16,9 @@ import pytest
 from agent.config import parse
 from agent.positions import Position, advance
 from agent.record import ContainerMeta, Record, format_timestamp_ns
-from exporters import file as file_exporter
 from exporters.file import FileConfig, FileExporter, rotated_files
+from exporters.file import exporter as file_exporter
+from exporters.file import tail as file_tail
 
 META = ContainerMeta("d" * 64, "app", "busybox", {}, "h")
 
@@ -164,7 +165,7 @@ async def test_open_files_are_bounded(tmp_path: Path) -> None:
     for round_ in range(3):
         for i, meta in enumerate(metas):
             await exp.send(recs(round_ * 10 + i, 1, meta))
-            assert len(exp._files) <= 2
+            assert len(exp.files._files) <= 2
     await exp.close()
     for i in range(6):
         got = numbers(read_ndjson(tmp_path / f"c{i}.ndjson"))
@@ -432,7 +433,7 @@ def test_scan_tail_reads_what_a_full_parse_reads() -> None:
             known[1].append(r.message)
         else:
             want_logs[key] = (r.timestamp, [r.message], known is not None)
-    logs, events = file_exporter.scan_tail(data, everything=False)
+    logs, events = file_tail.scan_tail(data, everything=False)
     assert logs == want_logs
     assert set(events) == {A.id, B.id}
     assert events[A.id][1] == {

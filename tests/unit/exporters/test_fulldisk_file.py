@@ -17,8 +17,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.record import ContainerMeta, Record, format_timestamp_ns
-from exporters import file as file_exporter
 from exporters.file import FileExporter, gzip_file, rotated_files
+from exporters.file import rotation as file_rotation
 from tests.unit.delivery.test_fulldisk_buffer import fill, small_tmpfs
 from tests.unit.exporters.test_file import all_files, exporter, numbers, recs
 
@@ -135,7 +135,7 @@ def test_gzip_on_a_full_disk_leaves_the_rotated_file(disk: Path) -> None:
 async def test_a_gzip_that_failed_for_want_of_space_is_tried_again(
     disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(file_exporter, "COMPRESS_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(file_rotation, "COMPRESS_RETRY_SECONDS", 0.05)
     path = disk / "records.ndjson"
     exp = await exporter(
         path=str(path), rotate={"max_bytes": 300 * 1024, "max_files": None, "compress": True}
