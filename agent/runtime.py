@@ -73,6 +73,11 @@ def _unreachable_hint(host: str, error: str) -> str:
             f"run it with group {st.st_gid} (docker run --group-add {st.st_gid}; the Helm "
             "chart's engineSocket.groupId)"
         )
+    if "certificate" in error or "SSL" in error or "TLS" in error:
+        return (
+            "check engine.tls (verify, ca_file, cert_file, key_file) or the DOCKER_TLS_VERIFY "
+            "and DOCKER_CERT_PATH environment variables: the TLS handshake failed"
+        )
     return "set engine.host in the config file or the DOCKER_HOST environment variable"
 
 

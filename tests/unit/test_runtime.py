@@ -360,5 +360,7 @@ def test_a_socket_the_agent_may_not_open_names_its_owner_and_the_agents_ids(
     st = os.stat(sock)
     assert f"group {st.st_gid}" in hint and f"uid {os.getuid()}" in hint and "660" in hint
     assert "--group-add" in hint
+    tls = _unreachable_hint("tcp://127.0.0.1:2376", "the engine's certificate was not accepted")
+    assert "engine.tls" in tls and "DOCKER_CERT_PATH" in tls
     other = _unreachable_hint("unix:///nowhere.sock", "No such file or directory")
     assert "DOCKER_HOST" in other and "engine.host" in other
