@@ -18,6 +18,7 @@ import structlog
 from agent import __version__
 from agent import logging as agent_logging
 from agent.config import ConfigError, load, reference_markdown
+from agent.limits import raise_nofile_limit
 from agent.ops import health
 from agent.runtime import EXIT_OK, EXIT_USAGE, PID_FILE, Runtime
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"config error: {exc}")
     agent_logging.configure(config.agent.log_level, config.agent.log_format)
     tune_gc()
+    raise_nofile_limit()  # every followed container holds a log stream or file open
     try:
         return asyncio.run(Runtime(config, args.config).run())
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
