@@ -273,12 +273,22 @@ class Multiline:
         now = self.clock()
         out: list[Record] = []
         groups = self.groups
-        begin = self.rules.begin
+        rules = self.rules
+        quick = rules.quick
+        begin = rules.begin
         append = out.append
         for r in batch:
             if not groups:
                 # The common case, no event under way: one cheap test, most lines pass.
                 message = r.message or ""
+                if (
+                    quick is not None
+                    and not quick(message)
+                    and message[-1:] != "\r"
+                    and "\x1b" not in message
+                ):
+                    append(r)  # (a CR or colours: the rules look at the text without them)
+                    continue
                 state = begin(_text(message))
                 if state is None:
                     append(r)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -35,9 +35,6 @@ from agent.processing.config import CustomRedaction
 from agent.processing.span import extra_of
 from agent.record import Record
 from agent.secrets import MASK
-
-# (name, quick test of the text (None: always), substitution returning (text, count))
-_Rule = tuple[str, Callable[[str, str], bool] | None, Callable[[str], tuple[str, int]]]
 
 _AUTHORIZATION = re.compile(
     r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?)"
@@ -113,17 +110,21 @@ def _email(text: str) -> tuple[str, int]:
 
 
 _AWS_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA", "A3T")
+# The card gate: digits become "9", spaces and dashes go, anything else becomes ".": a
+# card number leaves 13 nines in a row. A bytes translate and a substring search, where
+# the card regex itself costs microseconds on every line with a number in it.
+_CARD_TABLE = bytes(57 if 48 <= b <= 57 else 46 for b in range(256))
+_CARD_RUN = b"9" * 13
 
-PRESETS: dict[str, tuple[Callable[[str, str], bool], Callable[[str], tuple[str, int]]]] = {
-    # name: (quick test of (text, text.lower()), substitution); in the order applied
-    "bearer": (lambda t, low: "bearer" in low or "authorization" in low, _bearer),
-    "url_password": (lambda t, low: "://" in t and "@" in t, _url_password),
-    "aws": (lambda t, low: any(p in t for p in _AWS_PREFIXES) or "secret" in low, _aws),
-    "jwt": (lambda t, low: "eyJ" in t, _jwt),
-    "card": (lambda t, low: True, _card),
-    "email": (lambda t, low: "@" in t, _email),
+PRESETS = ("bearer", "url_password", "aws", "jwt", "card", "email")  # in the order applied
+_SUBS: dict[str, Callable[[str], tuple[str, int]]] = {
+    "bearer": _bearer,
+    "url_password": _url_password,
+    "aws": _aws,
+    "jwt": _jwt,
+    "card": _card,
+    "email": _email,
 }
-_NEEDS_LOWER = ("bearer", "aws")
 
 
 def _custom(c: CustomRedaction) -> Callable[[str], tuple[str, int]]:
@@ -133,37 +134,62 @@ def _custom(c: CustomRedaction) -> Callable[[str], tuple[str, int]]:
 
 
 class Redactor:
-    """Masks secrets in a text, counting per redaction."""
+    """Masks secrets in a text, counting per redaction. Each preset runs only when a cheap
+    test of the text says it may find something (most lines: none does)."""
 
     def __init__(
         self,
-        names: list[str],
+        names: Iterable[str],
         custom: dict[str, CustomRedaction] | None = None,
         counters: Counter[str] | None = None,
     ) -> None:
         custom = custom or {}
+        names = list(names)
         self.counters: Counter[str] = counters if counters is not None else Counter()
-        rules: list[tuple[str, Callable[[str, str], bool] | None, Any]] = []
-        for name, (quick, sub) in PRESETS.items():
-            if name in names:
-                rules.append((name, quick, sub))
-        for name in names:
-            if name in custom:
-                rules.append((name, None, _custom(custom[name])))
-        self.rules = rules
-        self.lower = any(n in names for n in _NEEDS_LOWER)
+        self.bearer = "bearer" in names
+        self.url_password = "url_password" in names
+        self.aws = "aws" in names
+        self.jwt = "jwt" in names
+        self.card = "card" in names
+        self.email = "email" in names
+        self.custom = [(name, _custom(custom[name])) for name in names if name in custom]
+
+    def _apply(self, name: str, text: str) -> str:
+        new, n = _SUBS[name](text)
+        if n:
+            self.counters["redacted." + name] += n
+            return new
+        return text
 
     def text(self, text: str) -> str:
-        low = text.lower() if self.lower else ""
-        for name, quick, sub in self.rules:
-            if quick is not None and not quick(text, low):
-                continue
+        if self.bearer or self.aws:
+            low = text.lower()
+            if self.bearer and ("bearer" in low or "authorization" in low):
+                text = self._apply("bearer", text)
+        if self.url_password and "://" in text and "@" in text:
+            text = self._apply("url_password", text)
+        if self.aws and (
+            "secret" in low
+            or "AKIA" in text
+            or "ASIA" in text
+            or "A3T" in text
+            or "ABIA" in text
+            or "ACCA" in text
+        ):
+            text = self._apply("aws", text)
+        if self.jwt and "eyJ" in text:
+            text = self._apply("jwt", text)
+        if self.card and _CARD_RUN in text.encode("utf-8", "surrogatepass").translate(
+            _CARD_TABLE, b" -"
+        ):
+            text = self._apply("card", text)
+        if self.email and "@" in text:
+            text = self._apply("email", text)
+        for name, sub in self.custom:
             new, n = sub(text)
             if n:
                 self.counters["redacted." + name] += n
                 text = new
-                if self.lower:
-                    low = text.lower()
         return text
 
     def value(self, value: Any, key: str | None = None) -> Any:

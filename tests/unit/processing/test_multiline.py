@@ -135,6 +135,12 @@ def test_crlf_and_ansi_colour_codes() -> None:
     assert [r.message for r in out] == ["\n".join(lines[:3]), "next\r"]
 
 
+def test_python_traceback_in_colour() -> None:
+    lines = ["\x1b[31mTraceback (most recent call last):", '  File "x.py", line 1', "E: x\x1b[0m"]
+    out = run(stage("python"), records([*lines, "next"]))
+    assert [r.message for r in out] == ["\n".join(lines), "next"]
+
+
 def test_empty_lines_and_empty_messages() -> None:
     out = run(stage("java"), records(["", "", "java.io.IOException: x", "\tat A.b(A.java:1)", ""]))
     assert [r.message for r in out] == ["", "", "java.io.IOException: x\n\tat A.b(A.java:1)", ""]
