@@ -36,6 +36,9 @@ class AgentState:
         exporters = {}
         for runner in self.pipeline.runners:
             health = runner.exporter.health()
+            if runner.worker_error:  # its worker died and waits to start again
+                exporters[runner.name] = {"ok": False, "detail": runner.worker_error}
+                continue
             exporters[runner.name] = {"ok": health.ok, "detail": health.detail}
         down = dict(self.supervisor.down) if self.supervisor is not None else {}
         ok = engine_ok and all(e["ok"] for e in exporters.values()) and not down

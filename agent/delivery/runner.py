@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import operator
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -76,6 +77,7 @@ class ExporterRunner:
         self.dead_lettered = 0  # records of accepted batches the exporter dead-lettered
         self.dropped: collections.Counter[str] = collections.Counter()
         self.failures = 0
+        self.worker_error = ""  # a worker died of this and waits to start again
         self.last_error = ""
         self.acked: dict[str, dict[str, Position]] = {}
         self.marks: dict[str, FileMark] = {}
@@ -99,12 +101,43 @@ class ExporterRunner:
 
     def start(self) -> None:
         if self.buffer is None:
-            self._tasks = [asyncio.create_task(self._work(), name=f"exporter:{self.name}")]
+            works = [("exporter", self._work)]
         else:
-            self._tasks = [
-                asyncio.create_task(self._spool(), name=f"exporter-spool:{self.name}"),
-                asyncio.create_task(self._unspool(), name=f"exporter:{self.name}"),
-            ]
+            works = [("exporter-spool", self._spool), ("exporter", self._unspool)]
+        self._tasks = [
+            asyncio.create_task(self._keep(work), name=f"{kind}:{self.name}")
+            for kind, work in works
+        ]
+
+    async def _keep(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Runs a worker and starts it again, after the back-off, if it raises: a batch it
+        had taken goes back to the front of the queue (nothing lost); the exporter reports
+        itself unhealthy meanwhile (``worker_error``)."""
+        retry = Retry(self._backoff)
+        while True:
+            try:
+                await work()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                self.worker_error = self.last_error = f"{type(exc).__name__}: {exc}"
+                current, self._current = self._current, None
+                if current is not None:
+                    self.queue.put_front(current)
+                self._in_flight = 0
+                self._free.set()
+                delay = retry.next_delay()
+                log.error(
+                    "exporter_worker_failed",
+                    exporter=self.name,
+                    error=self.worker_error,
+                    restart_in=round(delay, 3),
+                    exc_info=exc,
+                )
+                await asyncio.sleep(delay)
+                self.worker_error = ""
 
     def _ack(self, batch: list[Record]) -> None:
         self.acknowledged += len(batch)

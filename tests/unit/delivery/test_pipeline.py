@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.delivery.buffer import DiskBuffer
 from agent.delivery.pipeline import ExporterStartError, Pipeline
@@ -440,3 +441,34 @@ async def test_swap_keeps_or_replaces_the_disk_buffer(tmp_path: Path) -> None:
     await p.close(1)
     assert len(kept.got) == 2 and len(moved.got) == 3
     assert (tmp_path / "buf2").is_dir()
+
+
+async def test_a_worker_that_dies_is_restarted_and_its_batch_delivered() -> None:
+    """An unexpected error in a worker (here: in acknowledging a batch) used to end the
+    worker for good, silently: the exporter never sent again. The worker is started again
+    after the back-off, the batch it had taken goes back to the queue, and the exporter is
+    reported unhealthy meanwhile."""
+    exp = Memory("x", Config())
+    r = runner(exp)
+    p = Pipeline([r])
+    await p.start()
+    calls = 0
+    real_ack = r._ack
+
+    def flaky_ack(batch: list[Record]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeyError("a bug")
+        real_ack(batch)
+
+    r._ack = flaky_ack  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await p.send(recs(3))
+        await asyncio.sleep(0.1)  # the back-off here is a few ms
+        await p.close(1)
+    failed = [e for e in logs if e["event"] == "exporter_worker_failed"]
+    assert [(e["exporter"], e["error"]) for e in failed] == [("x", "KeyError: 'a bug'")]
+    assert r.worker_error == "" and r.failures == 1
+    assert r.acked["web"]["stdout"] == Position("t2", 1)  # acknowledged once restarted
+    assert len(exp.got) == 6  # sent again (at least once): nothing lost
