@@ -1,5 +1,6 @@
-"""The owner of the agent's long-lived tasks (discovery, checkpoints, stats, exporter
-workers): none of them may die silently.
+"""The owner of the agent's long-lived tasks (discovery, checkpoints, stats): none of
+them may die silently. (The exporter workers are kept alive the same way by their
+``ExporterRunner``, which also puts back the batch a dead worker had taken.)
 
 A supervised task that raises is logged with its traceback (``task_failed``), reported
 down (the agent is not ready while any task is down: ``/readyz`` names it), and started
