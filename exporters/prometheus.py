@@ -10,7 +10,9 @@ are built from that copy in a thread of the exporter's own. One build runs at a 
 scrapes that arrive before its copy is taken share it; every answer is built from a copy
 taken after the scrape arrived. After a build the next one waits as long as it took, so
 the builder thread (which competes with the loop for the GIL) is busy at most half the
-time however many scrapers there are.
+time however many scrapers there are; while it runs, the interpreter's switch interval is
+0.5 ms instead of 5, so that each system call of the loop's thread waits at most that long
+for the GIL.
 
 The listener cannot starve the agent: at most ``max_connections`` connections are served
 (more are answered 503 and closed at once), a client has ``header_timeout_seconds`` to
@@ -34,6 +36,7 @@ import contextlib
 import errno
 import logging
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +71,10 @@ ACCEPT_RETRY_SECONDS = 1.0  # accepting pauses this long after accept() failed
 RESERVE_POLL_SECONDS = 0.5  # while paused for descriptors, checks again this often
 LOG_INTERVAL_SECONDS = 10.0  # a repeating failure is logged at most once per interval
 SHUTDOWN_SECONDS = 2.0  # a request in progress at close gets this long to finish
+# While the build thread runs, the event loop's thread waits for the GIL after each of its
+# system calls until the builder gives it up: up to the switch interval (5 ms by default),
+# so every read and write of the loop would wait that long. Builds run with a shorter one.
+BUILD_SWITCH_SECONDS = 0.0005
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n"
@@ -560,6 +567,31 @@ def _listener_families(snap: _Snapshot) -> Iterator[Metric]:
     )
 
 
+class _SwitchInterval:
+    """``BUILD_SWITCH_SECONDS`` while any exporter's build runs (there may be several
+    prometheus exporters, on one loop), then the interval as it was."""
+
+    def __init__(self) -> None:
+        self.builds = 0
+        self.saved = 0.0
+
+    @contextlib.contextmanager
+    def short(self) -> Iterator[None]:
+        if not self.builds:
+            self.saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(self.saved, BUILD_SWITCH_SECONDS))
+        self.builds += 1
+        try:
+            yield
+        finally:
+            self.builds -= 1
+            if not self.builds:
+                sys.setswitchinterval(self.saved)
+
+
+_SWITCH = _SwitchInterval()
+
+
 def _render(snap: _Snapshot, openmetrics: bool, process: Any) -> bytes:
     """The exposition of a snapshot: runs in the exporter's build thread."""
     from prometheus_client import exposition as text_format
@@ -681,9 +713,10 @@ class PrometheusExporter(Exporter):
                 del self._pending[openmetrics]  # later scrapes wait for a later copy
                 t0 = time.monotonic()
                 snap = self._snapshot(t0)
-                body = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, _render, snap, openmetrics, self._process
-                )
+                with _SWITCH.short():
+                    body = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, _render, snap, openmetrics, self._process
+                    )
                 self._last_end = time.monotonic()
                 self.last_build_seconds = self._last_end - t0
                 self.builds += 1
