@@ -160,7 +160,7 @@ async def test_readyz_says_why_not_when_an_exporter_fails(start_agent, tmp_path)
         }
     )
     runner = agent.runtime.pipeline.runners[0]
-    runner.exporter._error = "disk full (simulated)"
+    runner.exporter.files.error = "disk full (simulated)"
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://127.0.0.1:{port}/readyz") as resp,
