@@ -313,18 +313,24 @@ class Record:
         return f"Record({self.json().decode()})"
 
 
+_LEVEL_TAILS: dict[str, bytes] = {}
+
+
 def _extra_tail(message: str, truncated: bool, extra: Extra) -> tuple[bytes, ...]:
     """The keys after ``message`` of a log record with processing results."""
-    parts: list[bytes] = [b',"truncated":true'] if truncated else []
     fields = extra.fields if extra.fields is not None else _json_fields(message)
+    level = extra.level
+    head = b',"truncated":true' if truncated else b""
     if fields is not None:
-        parts += (b',"fields":', _dumps(fields))
-    if extra.level is not None:
-        parts += (b',"level":"', extra.level.encode(), b'"')
+        head += b',"fields":' + _dumps(fields)
+    tail = b"}"
+    if level is not None:
+        tail = _LEVEL_TAILS.get(level) or _LEVEL_TAILS.setdefault(
+            level, b',"level":' + _dumps(level) + b"}"
+        )
     if extra.lines != 1:
-        parts.append(b',"lines":%d' % extra.lines)
-    parts.append(b"}")
-    return tuple(parts)
+        tail = tail[:-1] + b',"lines":%d}' % extra.lines
+    return (head, tail)
 
 
 def _json_fields(message: str | None) -> dict[str, Any] | None:
