@@ -65,6 +65,7 @@ typecheck: venv ## mypy on agent/ and exporters/
 bench: venv engine ## the benchmarks (docs/benchmarks.md)
 	$(TEST_HOST) $(BIN)/python -m bench.run_all
 	$(TEST_HOST) $(BIN)/python -m bench.files
+	$(TEST_HOST) $(BIN)/python -m bench.processing
 
 # mutmut copies the tree to mutants/ and runs the delivery tests against each mutant.
 mutation: venv ## mutation testing of the delivery rules (slow: ~10 min; `mutmut results` lists survivors)

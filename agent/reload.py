@@ -16,8 +16,8 @@ batches back for a moment (readers wait; the engine keeps their lines):
 * the container filter is applied again: readers of containers it no longer takes stop
   (their positions are kept: taken again later, a container resumes where it stopped),
   and running containers it now takes are followed;
-* ``logs.*`` options apply to readers started from now on; the agent's log level and
-  format at once. ``engine``, ``state_dir``, ``checkpoints``, ``stats`` and
+* ``logs.*`` and ``processing`` options apply to readers started from now on; the
+  agent's log level and format at once. ``engine``, ``state_dir``, ``checkpoints``, ``stats`` and
   ``agent.hostname`` need a restart: a change to them is reported and not applied.
 """
 
@@ -35,6 +35,7 @@ from agent import logging as agent_logging
 from agent.config import Config, ConfigError, load
 from agent.delivery.pipeline import ExporterStartError
 from agent.delivery.runner import ExporterRunner
+from agent.processing.build import Processing
 
 if TYPE_CHECKING:
     from agent.runtime import Runtime
@@ -144,6 +145,9 @@ async def apply(runtime: Runtime, new: Config, p: Plan) -> None:
         followers.refilter(new.containers)
         discovery.containers = new.containers
         await discovery.refollow()
+    if _dump(old.processing) != _dump(new.processing):
+        # For readers started from now on (a container's chain is built when it starts).
+        followers.processing = Processing(new.processing, new.agent.shutdown_timeout_seconds)
     if runtime.chooser is not None:
         runtime.chooser.reconfigure(new.logs.source)
         runtime.chooser.api.max_message_bytes = new.logs.max_message_bytes

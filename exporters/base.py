@@ -38,6 +38,43 @@ class BufferConfig(Section):
     )
 
 
+LEVELS = ("debug", "info", "warning", "error", "fatal")  # the normalised record levels
+
+
+class RouteConfig(Section):
+    """Which records an exporter takes, besides its container filter (default: all)."""
+
+    kinds: list[Literal["log", "event", "stats"]] = Field(
+        default_factory=list, description="Only records of these kinds (default: every kind)."
+    )
+    streams: list[Literal["stdout", "stderr"]] = Field(
+        default_factory=list,
+        description="Only log records of these streams (default: both); events and stats "
+        "are not filtered by stream.",
+    )
+    min_level: Literal["debug", "info", "warning", "error", "fatal"] | None = Field(
+        None,
+        description="Only log records at this level or above (a record without a level, "
+        "see `processing`, is not taken); events and stats are not filtered by level.",
+    )
+
+    @property
+    def everything(self) -> bool:
+        return not self.kinds and not self.streams and self.min_level is None
+
+    def accepts(self, rec: Record) -> bool:
+        if self.kinds and rec.kind not in self.kinds:
+            return False
+        if rec.kind != "log":
+            return True
+        if self.streams and rec.stream not in self.streams:
+            return False
+        if self.min_level is not None:
+            level = rec.level
+            return level is not None and LEVELS.index(level) >= LEVELS.index(self.min_level)
+        return True
+
+
 class ExporterConfig(Section):
     """Options the pipeline applies to every exporter, whatever its type."""
 
@@ -61,6 +98,11 @@ class ExporterConfig(Section):
     buffer: BufferConfig = Field(
         default_factory=BufferConfig,
         description="Where records wait for the exporter: memory only, or also on disk.",
+    )
+    route: RouteConfig = Field(
+        default_factory=RouteConfig,
+        description="Which records it takes by kind, stream and level (default: all), e.g. "
+        "only `error` and above for an alerting webhook.",
     )
 
 

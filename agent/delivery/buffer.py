@@ -41,7 +41,7 @@ import orjson
 import structlog
 
 from agent.fsutil import TruncateFailed, append_whole, atomic_write
-from agent.record import ContainerMeta, Record
+from agent.record import ContainerMeta, Extra, Record
 from agent.speedups import encode_ndjson
 
 log = structlog.get_logger("agent.delivery.buffer")
@@ -79,6 +79,12 @@ def record_from_json(line: bytes, metas: dict[tuple[str, str], ContainerMeta]) -
         d.get("attributes"),
         d.get("stats"),
     )
+    if "level" in d or "lines" in d or "fields" in d:  # what processing added
+        extra = Extra()
+        extra.level = d.get("level")
+        extra.fields = d.get("fields")
+        extra.lines = d.get("lines", 1)
+        rec.extra = extra
     rec._json = line
     return rec
 

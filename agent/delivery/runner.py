@@ -202,9 +202,18 @@ class ExporterRunner:
         while True:
             batch = await self.queue.get(COALESCE_RECORDS)
             self._take(batch)
-            await self._send(batch)
-            self._ack(batch)
+            routed = self._routed(batch)
+            if routed:
+                await self._send(routed)
+            self._ack(batch)  # the records the route leaves out are done with too
             self._done_with(batch)
+
+    def _routed(self, batch: list[Record]) -> list[Record]:
+        """The records of ``batch`` the exporter's route takes (by kind, stream, level)."""
+        route = self.config.route
+        if route.everything:
+            return batch
+        return [r for r in batch if route.accepts(r)]
 
     async def _spool(self) -> None:
         """Memory queue → disk buffer; a batch on disk counts as accepted. An append that
@@ -213,7 +222,9 @@ class ExporterRunner:
         while True:
             batch = await self.queue.get(COALESCE_RECORDS)
             self._take(batch)
-            await self._retrying("buffer_append_failed", self.buffer.append, batch)
+            routed = self._routed(batch)
+            if routed:
+                await self._retrying("buffer_append_failed", self.buffer.append, routed)
             self._ack(batch)
             self._done_with(batch)
 

@@ -74,9 +74,7 @@ class ContainerReader:
             err = list(map(_stream_of, batch)).count("stderr")
             chars = sum(map(len, map(_message_of, batch)))
             err_chars = (
-                sum(len(r.message or "") for r in batch if r.stream == "stderr")
-                if err
-                else 0
+                sum(len(r.message or "") for r in batch if r.stream == "stderr") if err else 0
             )
             info.log_lines["stdout"] += len(batch) - err
             info.log_lines["stderr"] += err

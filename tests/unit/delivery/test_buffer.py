@@ -195,3 +195,21 @@ async def test_a_missing_segment_is_logged_counted_and_skipped(tmp_path: Path) -
     assert buf.size == 0 and buf.records == 0
     await buf.append(recs(200, 1))  # and it goes on
     assert await drain(buf) == ["line 200"]
+
+
+async def test_what_processing_added_survives_the_buffer(tmp_path: Path) -> None:
+    """A level, parsed fields and a joined record's line count come back from the disk
+    buffer with the record (the http formats read them from the record)."""
+    from agent.record import Extra
+
+    buf = opened(tmp_path / "buf")
+    rec = recs(0, 1)[0]
+    rec.extra = Extra()
+    rec.extra.level, rec.extra.fields, rec.extra.lines = "error", {"user": "ada"}, 3
+    rec.json()  # as the processing chain does: its JSON is made before the C encoder
+    await buf.append([rec, *recs(1, 1)])
+    got, _cursor = await buf.read(10)
+    assert (got[0].level, got[0].fields, got[0].lines) == ("error", {"user": "ada"}, 3)
+    assert got[0].json() == rec.json()
+    assert (got[1].level, got[1].lines) == (None, 1)
+    buf.close()

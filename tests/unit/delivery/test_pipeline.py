@@ -472,3 +472,38 @@ async def test_a_worker_that_dies_is_restarted_and_its_batch_delivered() -> None
     assert r.worker_error == "" and r.failures == 1
     assert r.acked["web"]["stdout"] == Position("t2", 1)  # acknowledged once restarted
     assert len(exp.got) == 6  # sent again (at least once): nothing lost
+
+
+async def test_a_route_takes_some_records_and_holds_no_checkpoint_back() -> None:
+    """Only `error` and above go to the alerting exporter, everything to the other; the
+    records its route leaves out count as done for it (the checkpoint moves on)."""
+    from agent.record import Extra
+
+    alerts, everything = Memory("alerts", Config()), Memory("all", Config())
+    r_alerts = runner(alerts, route={"min_level": "error"})
+    p = Pipeline([r_alerts, runner(everything)])
+    await p.start()
+    batch = recs(4)
+    for r, level in zip(batch, ["info", "error", None, "fatal"], strict=True):
+        if level is not None:
+            r.extra = Extra()
+            r.extra.level = level
+    batch.append(Record.event("t9", batch[0].meta, "die", {}))
+    await p.send(batch)
+    await p.close(1)
+    assert [r.message for r in alerts.got if r.kind == "log"] == ["1", "3"]
+    assert [r.action for r in alerts.got if r.kind == "event"] == ["die"]
+    assert len(everything.got) == 5
+    assert r_alerts.acked["web"]["stdout"] == Position("t3", 1)
+    assert r_alerts.exported == 3
+
+
+def test_route_by_kind_and_stream() -> None:
+    from exporters.base import RouteConfig
+
+    route = RouteConfig.model_validate({"kinds": ["log"], "streams": ["stderr"]})
+    m = ContainerMeta("web", "web", "img", {}, "h")
+    assert route.accepts(Record.log("t", m, "stderr", "x", False))
+    assert not route.accepts(Record.log("t", m, "stdout", "x", False))
+    assert not route.accepts(Record.event("t", m, "die", {}))
+    assert RouteConfig().everything and not route.everything
