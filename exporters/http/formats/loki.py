@@ -27,7 +27,7 @@ from exporters.http.formats import Encoded, grouped, ts_to_ns_text
 DEFAULT_LABELS = ["container_name", "stream", "host", "project", "service"]
 # Record fields a label can take its value from; ``label.<key>`` takes a container label.
 LABEL_FIELDS = ("container_name", "container_id", "image", "host", "project", "service")
-RECORD_FIELDS = ("stream", "kind")
+RECORD_FIELDS = ("stream", "kind", "level")  # level: set by processing (a log record)
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 _dumps = orjson.dumps
 
@@ -75,6 +75,7 @@ class LokiEncoder:
         self.names = [label_name(f) for f in self.fields]
         self.use_stream = "stream" in self.fields
         self.use_kind = "kind" in self.fields
+        self.use_level = "level" in self.fields
         self.line_json = line_format == "json"
         # (meta, stream, kind) -> (group key, stream header); metas are shared per container.
         self._cache: dict[tuple[Any, ...], tuple[Hashable, bytes]] = {}
@@ -84,6 +85,7 @@ class LokiEncoder:
             rec.meta,
             rec.stream if self.use_stream else None,
             rec.kind if self.use_kind else None,
+            rec.level if self.use_level else None,
         )
         hit = self._cache.get(ck)
         if hit is not None:
@@ -94,6 +96,8 @@ class LokiEncoder:
                 value = rec.stream
             elif field == "kind":
                 value = rec.kind
+            elif field == "level":
+                value = rec.level
             else:
                 value = _meta_value(rec.meta, field)
             if value:
@@ -112,10 +116,15 @@ class LokiEncoder:
         headers: dict[Hashable, bytes] = {}
         line_json = self.line_json
         cache = self._cache
-        use_stream, use_kind = self.use_stream, self.use_kind
+        use_stream, use_kind, use_level = self.use_stream, self.use_kind, self.use_level
         for rec in records:
             hit = cache.get(
-                (rec.meta, rec.stream if use_stream else None, rec.kind if use_kind else None)
+                (
+                    rec.meta,
+                    rec.stream if use_stream else None,
+                    rec.kind if use_kind else None,
+                    rec.level if use_level else None,
+                )
             )
             if hit is None:
                 hit = self._group(rec)

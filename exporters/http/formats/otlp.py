@@ -85,6 +85,11 @@ _STDOUT_TAIL = b'},"attributes":' + _dumps(_STDOUT) + b"}"
 _STDERR_TAIL = b'},"attributes":' + _dumps(_STDERR) + b"}"
 
 
+# OTLP's SeverityNumber: DEBUG 5, INFO 9, WARN 13, ERROR 17, FATAL 21 (each the first of
+# its range of four).
+SEVERITY_NUMBER = {"debug": 5, "info": 9, "warning": 13, "error": 17, "fatal": 21}
+
+
 class OtlpEncoder:
     content_type: ClassVar[str] = "application/json"
     default_path: ClassVar[str] = "/v1/logs"
@@ -112,7 +117,8 @@ class OtlpEncoder:
     def log_record(self, rec: Record, observed: str, spliced: bytes = b"") -> bytes:
         """One ``logRecord``; ``spliced`` is ``","observedTimeUnixNano":"<observed>"``."""
         ts = ts_to_ns_text(rec.timestamp)
-        if rec.kind == "log" and not rec.truncated and spliced:  # the common case, by hand
+        level = rec.level if rec.kind == "log" else None
+        if rec.kind == "log" and not rec.truncated and spliced and level is None:  # by hand
             return (
                 b'{"timeUnixNano":"'
                 + ts.encode()
@@ -123,7 +129,8 @@ class OtlpEncoder:
             )
         if rec.kind == "log":
             attrs: list[dict[str, Any]] = _STDERR if rec.stream == "stderr" else _STDOUT
-            attrs = [*attrs, _TRUNCATED]
+            if rec.truncated:
+                attrs = [*attrs, _TRUNCATED]
             body: dict[str, Any] = {"stringValue": rec.message or ""}
         elif rec.kind == "event":
             attrs = [{"key": "event.name", "value": {"stringValue": f"container.{rec.action}"}}]
@@ -135,14 +142,13 @@ class OtlpEncoder:
         else:
             attrs = [{"key": "event.name", "value": {"stringValue": f"container.{rec.kind}"}}]
             body = any_value(rec.stats)
-        return _dumps(
-            {
-                "timeUnixNano": ts,
-                "observedTimeUnixNano": observed,
-                "body": body,
-                "attributes": attrs,
-            }
-        )
+        out: dict[str, Any] = {"timeUnixNano": ts, "observedTimeUnixNano": observed}
+        if level is not None:  # a level processing found (OTLP's SeverityNumber ranges)
+            out["severityNumber"] = SEVERITY_NUMBER[level]
+            out["severityText"] = level.upper()
+        out["body"] = body
+        out["attributes"] = attrs
+        return _dumps(out)
 
     def encode(self, records: Sequence[Record]) -> Encoded:
         observed = str(time.time_ns())

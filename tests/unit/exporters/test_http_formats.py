@@ -547,3 +547,22 @@ def test_gzip_bodies_decode(fast: bool, level: int) -> None:
     body = b"".join(b'{"n":%d,"msg":"request completed"}\n' % i for i in range(5000))
     packed = gzip_bytes(body, level, fast=fast)
     assert gzip.decompress(packed) == body and len(packed) < len(body) // 5
+
+
+def test_a_level_found_by_processing_is_otlp_severity_and_can_be_a_loki_label() -> None:
+    from agent.record import Extra
+
+    m = ContainerMeta("c" * 64, "/web", "img", {}, "h")
+    plain = Record.log("2026-11-28T10:11:45.589604852Z", m, "stdout", "ok", False)
+    err = Record.log("2026-11-28T10:11:46.000000000Z", m, "stderr", "boom", False)
+    err.extra = Extra()
+    err.extra.level = "error"
+    enc = OtlpEncoder()
+    body = orjson.loads(enc.assemble(enc.encode([plain, err]), range(2)))
+    logs = body["resourceLogs"][0]["scopeLogs"][0]["logRecords"]
+    assert "severityNumber" not in logs[0]
+    assert (logs[1]["severityNumber"], logs[1]["severityText"]) == (17, "ERROR")
+    assert [a["key"] for a in logs[1]["attributes"]] == ["log.iostream"]  # not truncated
+    loki = LokiEncoder(["container_name", "level"])
+    streams = orjson.loads(loki.assemble(loki.encode([plain, err]), range(2)))["streams"]
+    assert sorted(s["stream"].get("level", "-") for s in streams) == ["-", "error"]
