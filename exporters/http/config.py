@@ -97,7 +97,8 @@ class LokiConfig(Section):
     labels: list[str] = Field(
         default_factory=lambda: list(DEFAULT_LABELS),
         description="Record fields that become stream labels (`container_name`, "
-        "`container_id`, `image`, `host`, `project`, `service`, `stream`, `kind`, or "
+        "`container_id`, `image`, `host`, `project`, `service`, `stream`, `kind`, "
+        "`level` (from processing), or "
         "`label.<container label>`); keep them low-cardinality. Default: `container_name`, "
         "`stream`, `host`, `project`, `service`.",
     )
