@@ -1,4 +1,4 @@
-"""Runs every benchmark in turn (throughput, idle, demux, stats, http) and prints one summary.
+"""Runs every benchmark (throughput, idle, demux, stats, http, delivery, scrape); one summary.
 
 Each benchmark's options pass through, e.g. a quick run:
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import delivery, demux, http, idle, stats, throughput
+from bench import delivery, demux, http, idle, scrape, stats, throughput
 from bench.common import (
     RESULTS_DIR,
     BenchEngine,
@@ -36,6 +36,7 @@ BENCHES = {
     "stats": stats,
     "http": http,
     "delivery": delivery,
+    "scrape": scrape,
 }
 
 
@@ -139,6 +140,26 @@ def summary_rows(results: dict[str, Any]) -> list[list[Any]]:
             )
         for n, ms in dl["checkpoint_write_ms"].items():
             rows.append(["delivery", f"checkpoint write ms ({n} containers)", ms])
+    sc = results.get("scrape")
+    if sc:
+        n = sc["params"]["containers"]
+        for name, m in sc["phases"].items():
+            rows.append(
+                [
+                    "scrape",
+                    f"log lag p50 / p99 ms, scrapers {name} ({n} containers x 1 line/s)",
+                    f"{m['lag_p50_ms']:.0f} / {m['lag_p99_ms']:.0f}",
+                ]
+            )
+        one = sc["phases"].get("1/s")
+        if one and one["scrapes"]:
+            rows.append(
+                [
+                    "scrape",
+                    "/metrics ms (median) / MB",
+                    f"{one['scrape_ms_p50']:.0f} / {one['scrape_bytes'] / 1e6:.2f}",
+                ]
+            )
     return rows
 
 
