@@ -353,8 +353,16 @@ class Runtime:
                 self.pipeline.send if cfg.stats.records else None,
             )
         self.state = AgentState(
-            inventory, self.pipeline, self.discovery, self.followers, self.stats, self.supervisor
+            inventory,
+            self.pipeline,
+            self.discovery,
+            self.followers,
+            self.stats,
+            self.supervisor,
+            self.reloader,
+            host=host,
         )
+        self.pipeline.tap = self.state.tap
         for runner in runners:
             runner.exporter.bind(self.state)
         return self.pipeline, self.followers, self.discovery

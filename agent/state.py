@@ -6,15 +6,19 @@ prometheus exporter never imports prometheus-client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agent import status
 from agent.metrics.inventory import Inventory
+from agent.tap import TapHub
 
 if TYPE_CHECKING:
     from agent.delivery.pipeline import Pipeline
     from agent.engine.discovery import Discovery
     from agent.metrics.stats import StatsCollector
+    from agent.reload import Reloader
     from agent.sources.followers import LogFollowers
     from agent.supervisor import Supervisor
 
@@ -29,6 +33,17 @@ class AgentState:
     followers: LogFollowers
     stats: StatsCollector | None = None
     supervisor: Supervisor | None = None
+    reloader: Reloader | None = None
+    tap: TapHub = field(default_factory=TapHub)
+    host: str = ""
+    started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self._rates = status.Rates(self.started_at)
+
+    def status(self) -> dict[str, Any]:
+        """``/status``: see agent/status.py."""
+        return status.build(self, self._rates)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Engine reachable and every exporter healthy; the details say why not."""

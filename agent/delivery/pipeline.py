@@ -16,6 +16,7 @@ from typing import Any
 from agent.delivery.runner import ExporterRunner
 from agent.positions import FileMark, Position
 from agent.record import Record
+from agent.tap import TapHub
 
 
 class ExporterStartError(Exception):
@@ -59,6 +60,7 @@ class Pipeline:
         self.runners = list(runners)
         self._takers = [r for r in self.runners if r.exporter.accepts_records]
         self.accepting = True
+        self.tap: TapHub | None = None  # copies for watchers (``container-agent tap``)
         self._open = asyncio.Event()  # cleared while a reload swaps exporters
         self._open.set()
 
@@ -126,6 +128,9 @@ class Pipeline:
             return
         if not self._open.is_set():
             await self._open.wait()
+        tap = self.tap
+        if tap is not None and tap.taps:
+            tap.publish(batch)
         waits = []
         for runner in self._takers:
             part = runner.wants(batch)

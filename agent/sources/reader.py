@@ -54,6 +54,7 @@ class ContainerReader:
         self.bytes = 0
         self.last_timestamp: str | None = None
         self.failures = 0  # reads that failed (and were retried)
+        self.last_error = ""  # of the last failed read, until a read works again
         self.wake = asyncio.Event()  # set to end a back-off early (the engine is back)
         self.chain: ChainDriver | None = None  # the container's processing, if it has any
 
@@ -124,6 +125,7 @@ class ContainerReader:
                 if not await self._retry(retry, exc):
                     return
                 continue
+            self.last_error = ""
             if retry.attempt:
                 log.info(
                     "log_stream_recovered",
@@ -156,6 +158,7 @@ class ContainerReader:
         """After a failed read: waits the back-off and returns True to read again, unless
         the container is gone or its logs cannot be read at all (False)."""
         self.failures += 1
+        self.last_error = str(exc)
         info = self.followers.inventory.containers.get(self.meta.id)
         if info is not None:
             info.log_read_failures += 1
