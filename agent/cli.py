@@ -19,7 +19,7 @@ from agent import __version__
 from agent import logging as agent_logging
 from agent.config import ConfigError, load, reference_markdown
 from agent.limits import raise_nofile_limit
-from agent.ops import health
+from agent.ops import console, health
 from agent.runtime import EXIT_OK, EXIT_USAGE, PID_FILE, Runtime
 
 
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("file", help="YAML config file")
     sub.add_parser("config-reference", help="print the config reference (Markdown)")
+    console.register(sub)
     health.add_arguments(
         sub.add_parser("health", help="ask the running agent's /healthz (exit 0 if it answers 200)")
     )
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "health":
         return health.main(args)
+    if args.command in console.COMMANDS:
+        return console.COMMANDS[args.command](args)
     if args.command == "config-reference":
         sys.stdout.write(reference_markdown())
         return EXIT_OK
