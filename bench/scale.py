@@ -33,7 +33,8 @@ during which other processes used the machine, or other containers ran on the en
 measured again (``--retries``) once the machine is quiet; a phase still skewed is flagged.
 Fluent Bit's tail ``Path`` is that glob when this run's containers are the engine's only
 ones, else the list of their files (``--fb-path``): a shared engine's other containers
-would be read too.
+would be read too. After each shape its table is logged, and the results so far are
+written to ``bench/results/scale-partial.json``.
 
 ``--profile`` (after each agent window, so the measured figures are not disturbed): py-spy
 (raw stacks, all threads) for ``--profile-seconds``, then ``strace -c -f`` for as long:
@@ -98,6 +99,7 @@ from bench.common import (
     table,
     thread_cpu_seconds,
     wait_quiet,
+    write_json,
 )
 
 PHASES = ("engine", "files", "fluent-bit", "api")
@@ -1366,10 +1368,14 @@ async def run(args: argparse.Namespace, engine: BenchEngine) -> dict[str, Any]:
         for n in ns:
             for rate in args.scale_rates:
                 try:
-                    result["shapes"].append(await run_shape(engine, args, base, n, rate))
+                    shape = await run_shape(engine, args, base, n, rate)
+                    log("\n" + shape_table(shape))
                 except (TimeoutError, RuntimeError) as exc:
                     log(f"scale {n} x {rate:g}: FAILED: {exc}")
-                    result["shapes"].append({"n": n, "rate": rate, "error": str(exc)})
+                    shape = {"n": n, "rate": rate, "error": str(exc)}
+                result["shapes"].append(shape)
+                # What is measured so far survives an interrupted run.
+                write_json(RESULTS_DIR / "scale-partial.json", result)
     if args.bulk:
         result["bulk"] = await bulk(engine, args, base)
     return result
