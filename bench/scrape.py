@@ -97,7 +97,9 @@ class ScrapedAgent(AgentProcess):
             },
         }
         source = Path(self.src) if self.src else REPO
-        if "max_connections" in (source / "exporters" / "prometheus.py").read_text():
+        prom = source / "exporters" / "prometheus"
+        prom = prom / "config.py" if prom.is_dir() else prom.with_suffix(".py")
+        if "max_connections" in prom.read_text():
             # 50 scrapers at once, all served (the default cap, 32, would refuse 18)
             config["exporters"]["metrics"]["max_connections"] = 64  # type: ignore[index]
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")

@@ -91,6 +91,10 @@ class ExporterRunner:
             return batch
         return [r for r in batch if flt.accepts(r.meta)]
 
+    def takes(self, batch: list[Record]) -> list[Record]:
+        """The records of ``batch`` this exporter would send: its containers, its route."""
+        return self._routed(self.wants(batch))
+
     async def put(self, batch: list[Record]) -> None:
         self.received += len(batch)
         if self.config.when_full == "drop_newest" and not self.queue.has_room():

@@ -142,6 +142,9 @@ def _failed(message: str) -> int:
     return EXIT_FAILED
 
 
+PIPED_WIDTH = 240  # columns of ``status`` written to a file or a pipe
+
+
 def status_main(args: argparse.Namespace) -> int:
     try:
         doc = fetch_status(base_url(args.endpoint, args.config))
@@ -152,7 +155,10 @@ def status_main(args: argparse.Namespace) -> int:
         return EXIT_OK
     from rich.console import Console
 
-    Console().print(render(doc))
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: wide enough that nothing is cut
+        console = Console(width=PIPED_WIDTH)
+    console.print(render(doc))
     return EXIT_OK
 
 

@@ -1,0 +1,251 @@
+"""The prometheus exporter: a scrape endpoint (``/metrics``) plus ``/healthz``, ``/readyz``,
+``/status`` and ``/tap``.
+
+It takes no records from the pipeline: its collectors read the agent's state at scrape
+time. ``/metrics`` answers in OpenMetrics when the scraper asks for it (Accept header),
+else in the Prometheus text format.
+
+A scrape must not hold up log shipping: the state is copied on the event loop (a few
+microseconds per container, ``agent.metrics.collectors``) and the families and the text
+are built from that copy in a thread of the exporter's own. One build runs at a time and
+scrapes that arrive before its copy is taken share it; every answer is built from a copy
+taken after the scrape arrived. After a build the next one waits as long as it took, so
+the builder thread (which competes with the loop for the GIL) is busy at most half the
+time however many scrapers there are; while it runs, the interpreter's switch interval is
+0.5 ms instead of 5, so that each system call of the loop's thread waits at most that long
+for the GIL.
+
+The listener (``listener``) cannot starve the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from agent.record import Record
+from exporters.base import Exporter, Health, register
+from exporters.prometheus import views
+from exporters.prometheus.config import PrometheusConfig
+from exporters.prometheus.exposition import SWITCH, Snapshot, render
+from exporters.prometheus.listener import Listener, Throttled, server_logger
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from agent.metrics.collectors import AgentCollector, ContainerCollector
+    from agent.state import AgentState
+
+SHUTDOWN_SECONDS = 2.0  # a request in progress at close gets this long to finish
+
+
+# -- the exporter ------------------------------------------------------------------------------
+
+
+@register
+class PrometheusExporter(Exporter):
+    type_name = "prometheus"
+    config_class = PrometheusConfig
+    accepts_records = False
+    config: PrometheusConfig
+
+    def __init__(self, name: str, config: PrometheusConfig) -> None:
+        super().__init__(name, config)
+        self._state: AgentState | None = None
+        self._containers: ContainerCollector | None = None
+        self._agent: AgentCollector | None = None
+        self._process: Any = None
+        self._runner: web.AppRunner | None = None
+        self.listener: Listener | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock: asyncio.Lock | None = None
+        self._pending: dict[bool, asyncio.Future[bytes]] = {}  # per format: not yet copied
+        self._builds: set[asyncio.Task[None]] = set()
+        self._last_end = 0.0
+        self.last_build_seconds = 0.0
+        self._server_errors: Throttled | None = None
+        self.scrapes = 0
+        self.builds = 0
+
+    def bind(self, state: AgentState) -> None:
+        from prometheus_client import ProcessCollector
+
+        from agent.metrics.collectors import AgentCollector, ContainerCollector
+
+        self._state = state
+        self._containers = ContainerCollector(state, self.config.container_labels)
+        self._agent = AgentCollector(state)
+        self._process = ProcessCollector(registry=None)
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        if self.config.status:
+            app.router.add_get("/status", self._status)
+        if self.config.tap:
+            app.router.add_get("/tap", self._tap)
+        self._server_errors = Throttled("http_request_failed", exporter=self.name)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.config.idle_timeout_seconds,
+            shutdown_timeout=SHUTDOWN_SECONDS,
+            logger=server_logger(self.name, self._server_errors),
+        )
+        await self._runner.setup()
+        assert self._runner.server is not None
+        host, _, port = self.config.listen.rpartition(":")
+        self.listener = Listener(self.name, self._runner.server, self.config)
+        try:
+            await self.listener.start(host.strip("[]") or None, int(port))
+        except OSError as exc:
+            self.listener = None
+            await self._runner.cleanup()
+            self._runner = None
+            raise OSError(
+                f"prometheus exporter cannot listen on {self.config.listen}: {exc.strerror or exc}"
+            ) from exc
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"metrics-{self.name}")
+        self._lock = asyncio.Lock()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+        from prometheus_client import exposition as text_format
+        from prometheus_client.openmetrics import exposition as om_format
+
+        self.scrapes += 1
+        openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
+        body = await self.exposition(openmetrics)
+        ctype = om_format.CONTENT_TYPE_LATEST if openmetrics else text_format.CONTENT_TYPE_LATEST
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
+    async def exposition(self, openmetrics: bool = False) -> bytes:
+        """The /metrics body, from a copy of the state taken after this call began."""
+        pending = self._pending.get(openmetrics)
+        if pending is None:
+            pending = self._pending[openmetrics] = asyncio.get_running_loop().create_future()
+            pending.add_done_callback(_retrieved)
+            task = asyncio.create_task(self._build(openmetrics, pending), name="metrics-build")
+            self._builds.add(task)
+            task.add_done_callback(self._builds.discard)
+        return await asyncio.shield(pending)
+
+    async def _build(self, openmetrics: bool, done: asyncio.Future[bytes]) -> None:
+        assert self._lock is not None
+        try:
+            async with self._lock:  # one build at a time
+                # The build thread busy at most half the time: rest as long as it worked.
+                rest = self._last_end + self.last_build_seconds - time.monotonic()
+                if rest > 0:
+                    await asyncio.sleep(rest)
+                del self._pending[openmetrics]  # later scrapes wait for a later copy
+                t0 = time.monotonic()
+                snap = self._snapshot(t0)
+                with SWITCH.short():
+                    body = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, render, snap, openmetrics, self._process
+                    )
+                self._last_end = time.monotonic()
+                self.last_build_seconds = self._last_end - t0
+                self.builds += 1
+            done.set_result(body)
+        except BaseException as exc:
+            if self._pending.get(openmetrics) is done:
+                del self._pending[openmetrics]
+            if not done.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    done.cancel()
+                else:
+                    done.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _snapshot(self, t0: float) -> Snapshot:
+        """On the event loop: the copy a build works from (``t0``: when it began)."""
+        if self._containers is None or self._agent is None or self.listener is None:
+            raise RuntimeError("the prometheus exporter is not bound to the agent's state")
+        containers = self._containers.snapshot()
+        agent = self._agent.snapshot()
+        listener = self.listener.counters()
+        return Snapshot(
+            self.name,
+            containers,
+            agent,
+            listener,
+            time.monotonic() - t0,
+            self.last_build_seconds,
+        )
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        return web.Response(body=b'{"alive":true}', content_type="application/json")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        if self._state is None:
+            return _starting()
+        ok, body = self._state.ready()
+        return web.Response(
+            status=200 if ok else 503, body=orjson.dumps(body), content_type="application/json"
+        )
+
+    async def _status(self, request: web.Request) -> web.Response:
+        if self._state is None:
+            return _starting()
+        return await views.status(self._state)
+
+    async def _tap(self, request: web.Request) -> web.StreamResponse:
+        if self._state is None:
+            return _starting()
+        return await views.tap(self._state, request)
+
+    async def send(self, batch: Sequence[Record]) -> None:
+        return None  # never called: accepts_records is False
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for task in list(self._builds):
+            task.cancel()
+        await asyncio.gather(*self._builds, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        if self._server_errors is not None:
+            self._server_errors.close()
+        self.listener = None
+
+    def target(self) -> str:
+        return f"http://{self.config.listen}/metrics"
+
+    def health(self) -> Health:
+        return Health(self._runner is not None, "" if self._runner else "not serving")
+
+
+def _starting() -> web.Response:
+    from aiohttp import web
+
+    return web.Response(
+        status=503, body=b'{"ready":false,"detail":"starting"}', content_type="application/json"
+    )
+
+
+def _retrieved(future: asyncio.Future[bytes]) -> None:
+    """A failed build with no scraper left to see it is not "never retrieved"."""
+    if not future.cancelled():
+        future.exception()
