@@ -147,7 +147,9 @@ async def apply(runtime: Runtime, new: Config, p: Plan) -> None:
         await discovery.refollow()
     if _dump(old.processing) != _dump(new.processing):
         # For readers started from now on (a container's chain is built when it starts).
-        followers.processing = Processing(new.processing, new.agent.shutdown_timeout_seconds)
+        followers.processing = Processing(
+            new.processing, new.agent.shutdown_timeout_seconds, previous=followers.processing
+        )
     if runtime.chooser is not None:
         runtime.chooser.reconfigure(new.logs.source)
         runtime.chooser.api.max_message_bytes = new.logs.max_message_bytes

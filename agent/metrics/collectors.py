@@ -9,7 +9,8 @@ needs into plain frozen values (a few microseconds per container); ``*_families(
 builds the metric families from that copy alone, so it may run in a thread while the loop
 keeps changing the inventory and the counters. Nothing but a snapshot crosses to the
 thread: no live dict, inventory entry or runner is read there. ``collect()`` does both
-steps in the caller's thread, for a plain ``CollectorRegistry`` on the loop.
+steps in the caller's thread, for a plain ``CollectorRegistry`` on the loop. The agent's
+own metrics are built in ``agent.metrics.own``.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.metrics.inventory import HEALTH, STATES, ContainerInfo
+from agent.metrics.own import AgentSnapshot, agent_families, exporter_row
 from agent.metrics.sample import NetCounters, StatsSample
 from agent.record import timestamp_to_unix
 
 if TYPE_CHECKING:
-    from agent.delivery.runner import ExporterRunner
     from agent.state import AgentState
 
 _NS = 1e9
@@ -59,6 +60,7 @@ class ContainerRow:
     log_bytes: tuple[int, int]
     last_log_timestamp: str | None
     log_source: str
+    log_read_failures: int
     memory_limit: int
     # A StatsSample is never changed once made (the stats collector replaces it whole);
     # its dicts are copied anyway, so the build thread iterates nothing shared.
@@ -105,97 +107,11 @@ def _row(info: ContainerInfo, cgroup: str | None, allow: list[str]) -> Container
         (chars["stdout"], chars["stderr"]),
         info.last_log_timestamp,
         info.log_source,
+        info.log_read_failures,
         info.memory_limit,
         s,
         networks,
         io,
-    )
-
-
-def _number(value: Any) -> float | None:
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-# The counters some exporters keep themselves (the http exporter retries inside send):
-# attribute, metric name, help.
-OWN_COUNTERS = (
-    (
-        "requests",
-        "container_agent_exporter_requests",
-        "Requests the exporter sent to its backend, retries included.",
-    ),
-    (
-        "retries",
-        "container_agent_exporter_retries",
-        "Times the exporter sent a request again after a failure (connection error, "
-        "timeout, 429 or 5xx, or bulk items answered 429/5xx).",
-    ),
-    (
-        "dead_lettered_records",
-        "container_agent_exporter_dead_lettered_records",
-        "Records the exporter wrote to its dead-letter file because the backend refused "
-        "them for good (the exporter's own count).",
-    ),
-    (
-        "bytes_sent",
-        "container_agent_exporter_sent_bytes",
-        "Request body bytes the backend answered with a 2xx (compressed size when "
-        "compression is on).",
-    ),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ExporterRow:
-    name: str
-    received: int
-    exported: int
-    dead_lettered: int
-    dropped: tuple[tuple[str, int], ...]  # by reason, sorted
-    failures: int
-    queue_records: int
-    queue_capacity: int
-    healthy: bool
-    buffer_records: int | None  # None: no disk buffer
-    own: tuple[tuple[str, float], ...]  # OWN_COUNTERS the exporter has: (attribute, value)
-
-
-@dataclass(frozen=True, slots=True)
-class AgentSnapshot:
-    exporters: tuple[ExporterRow, ...]
-    engine_reconnects: int
-    engine_connected: bool
-    engine_events: int
-    containers_followed: int
-    stats_errors: int | None  # None: stats are off
-    stats_round_seconds: float | None
-
-
-def _exporter_row(r: ExporterRunner) -> ExporterRow:
-    exporter = r.exporter
-    counts = dict(r.dropped)
-    if r.buffer is not None:
-        counts.update(r.buffer.dropped)  # "buffer_full"
-    dropped = tuple(
-        (reason, counts.get(reason, 0)) for reason in sorted({"queue_full", "shutdown", *counts})
-    )
-    own = []
-    for attr, _, _ in OWN_COUNTERS:
-        value = _number(getattr(exporter, attr, None))
-        if value is not None:
-            own.append((attr, value))
-    return ExporterRow(
-        r.name,
-        r.received,
-        r.exported,
-        r.dead_lettered,
-        dropped,
-        r.failures + int(_number(getattr(exporter, "failures", 0)) or 0),
-        r.queue.size,
-        r.queue.capacity,
-        exporter.health().ok,
-        r.buffer.records if r.buffer is not None else None,
-        tuple(own),
     )
 
 
@@ -361,141 +277,17 @@ def _logs(fam: _Families, lv: list[str], row: ContainerRow, now: float) -> None:
             "Now minus the engine timestamp of the last log line handed to the pipeline "
             "(grows while the container is quiet).",
         ).add_metric(lv, max(0.0, now - float(timestamp_to_unix(row.last_log_timestamp))))
+    fam.counter(
+        "container_agent_log_read_failures",
+        "Reads of the container's log that failed (engine errors, cut streams, unreadable "
+        "files); each is retried with back-off for as long as the container exists.",
+    ).add_metric(lv, row.log_read_failures)
     if row.log_source:
         fam.gauge(
             "container_agent_log_source",
             "1 for the log source the agent reads this container from.",
             ("source",),
         ).add_metric([*lv, row.log_source], 1.0)
-
-
-def agent_families(snap: AgentSnapshot) -> Iterator[Metric]:
-    """The agent's own health: records in and out per exporter, queues, engine, readers."""
-    yield from _pipeline(snap.exporters)
-    yield from _exporter_counters(snap.exporters)
-    yield from _engine(snap)
-
-
-def _pipeline(rows: tuple[ExporterRow, ...]) -> Iterator[Metric]:
-    """Records in, out and dropped per exporter; queues and health."""
-    received = CounterMetricFamily(
-        "container_agent_records_received",
-        "Records the pipeline handed to the exporter (those its container filter takes), "
-        "queued or dropped. Exporters that take no records (prometheus) stay at 0.",
-        labels=["exporter"],
-    )
-    exported = CounterMetricFamily(
-        "container_agent_records_exported",
-        "Records the exporter delivered: records of the batches it accepted, less those the "
-        "backend refused for good (dead-lettered, or dropped as dead_letter_full). With a "
-        "disk buffer, counted when they leave the buffer.",
-        labels=["exporter"],
-    )
-    dead = CounterMetricFamily(
-        "container_agent_records_dead_lettered",
-        "Records of the batches the exporter accepted that it wrote to its dead-letter file "
-        "instead of delivering (the backend refused them for good).",
-        labels=["exporter"],
-    )
-    dropped = CounterMetricFamily(
-        "container_agent_records_dropped",
-        "Records lost, by reason: queue_full (memory queue full under when_full: "
-        "drop_newest), buffer_full (disk buffer full under drop_newest or drop_oldest), "
-        "shutdown (still in the memory queue when the shutdown drain timed out), "
-        "dead_letter_full (refused for good by the backend while the dead-letter file was "
-        "at its cap).",
-        labels=["exporter", "reason"],
-    )
-    failures = CounterMetricFamily(
-        "container_agent_exporter_failures",
-        "Failed delivery attempts: sends that raised (the pipeline retries the batch) plus "
-        "the failed requests an exporter retries itself (http).",
-        labels=["exporter"],
-    )
-    depth = GaugeMetricFamily(
-        "container_agent_queue_records",
-        "Records waiting in the exporter's memory queue (not the batch being sent).",
-        labels=["exporter"],
-    )
-    capacity = GaugeMetricFamily(
-        "container_agent_queue_capacity_records",
-        "Records the exporter's memory queue holds before when_full applies (queue_records).",
-        labels=["exporter"],
-    )
-    up = GaugeMetricFamily(
-        "container_agent_exporter_healthy",
-        "1 when the exporter reports itself healthy (as in /readyz), else 0.",
-        labels=["exporter"],
-    )
-    for r in rows:
-        received.add_metric([r.name], r.received)
-        exported.add_metric([r.name], r.exported)
-        dead.add_metric([r.name], r.dead_lettered)
-        for reason, n in r.dropped:
-            dropped.add_metric([r.name, reason], n)
-        failures.add_metric([r.name], r.failures)
-        depth.add_metric([r.name], r.queue_records)
-        capacity.add_metric([r.name], r.queue_capacity)
-        up.add_metric([r.name], 1.0 if r.healthy else 0.0)
-    yield from (received, exported, dead, dropped, failures, depth, capacity, up)
-
-
-def _exporter_counters(rows: tuple[ExporterRow, ...]) -> Iterator[Metric]:
-    """Disk buffers, and counters some exporters keep themselves (the http exporter
-    retries inside send)."""
-    buffered = GaugeMetricFamily(
-        "container_agent_buffer_records",
-        "Records in the exporter's disk buffer not yet delivered (the batch being sent included).",
-        labels=["exporter"],
-    )
-    for r in rows:
-        if r.buffer_records is not None:
-            buffered.add_metric([r.name], r.buffer_records)
-    yield buffered
-    for attr, name, doc in OWN_COUNTERS:
-        fam = CounterMetricFamily(name, doc, labels=["exporter"])
-        for r in rows:
-            for key, value in r.own:
-                if key == attr:
-                    fam.add_metric([r.name], value)
-        if fam.samples:
-            yield fam
-
-
-def _engine(snap: AgentSnapshot) -> Iterator[Metric]:
-    """The engine connection, readers and stats rounds."""
-    yield CounterMetricFamily(
-        "container_agent_engine_reconnects",
-        "Times the agent connected to the engine again after losing its event stream.",
-        value=snap.engine_reconnects,
-    )
-    yield GaugeMetricFamily(
-        "container_agent_engine_connected",
-        "1 while the engine's event stream is open, else 0.",
-        value=1.0 if snap.engine_connected else 0.0,
-    )
-    yield CounterMetricFamily(
-        "container_agent_engine_events",
-        "Container events received on the engine's event stream.",
-        value=snap.engine_events,
-    )
-    yield GaugeMetricFamily(
-        "container_agent_containers_followed",
-        "Containers whose logs are being read now.",
-        value=snap.containers_followed,
-    )
-    if snap.stats_errors is not None:
-        yield CounterMetricFamily(
-            "container_agent_stats_errors",
-            "Stats readings that failed with an engine error (that container is skipped for "
-            "the round).",
-            value=snap.stats_errors,
-        )
-        yield GaugeMetricFamily(
-            "container_agent_stats_round_seconds",
-            "Duration of the last stats round (every running container read once).",
-            value=snap.stats_round_seconds or 0.0,
-        )
 
 
 # -- collectors: snapshot and build in one go ------------------------------------------------
@@ -538,15 +330,20 @@ class AgentCollector(Collector):
     def snapshot(self) -> AgentSnapshot:
         """On the event loop: the runners' and the engine's counters."""
         st = self.state
-        stats = st.stats
+        stats, reloader, processing = st.stats, st.reloader, st.followers.processing
         return AgentSnapshot(
-            tuple(_exporter_row(r) for r in st.pipeline.runners),
+            tuple(exporter_row(r) for r in st.pipeline.runners),
             st.discovery.reconnects,
             st.discovery.connected.is_set(),
             st.discovery.events_seen,
             st.followers.followed,
             stats.errors if stats is not None else None,
             stats.last_round_seconds if stats is not None else None,
+            st.followers.unavailable,
+            tuple(sorted(reloader.results.items())) if reloader is not None else (),
+            reloader.hash if reloader is not None else None,
+            st.tap.dropped,
+            tuple(sorted(processing.totals().items())) if processing is not None else (),
         )
 
     def describe(self) -> Iterator[Metric]:
@@ -554,3 +351,14 @@ class AgentCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return agent_families(self.snapshot())
+
+
+__all__ = [
+    "AgentCollector",
+    "AgentSnapshot",
+    "ContainerCollector",
+    "ContainersSnapshot",
+    "agent_families",
+    "container_families",
+    "sanitize_label",
+]

@@ -66,12 +66,24 @@ class Processing:
 
     CACHE = 4096  # containers whose settings (and counters) are kept
 
-    def __init__(self, config: ProcessingConfig, drain_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        config: ProcessingConfig,
+        drain_seconds: float = 10.0,
+        previous: Processing | None = None,
+    ) -> None:
         self.config = config
         self.drain_seconds = drain_seconds  # what a reader's last flush may wait, at most
         self._resolved: dict[str, Resolved] = {}
         self.invalid_labels = 0  # label problems reported (once per container)
         self.counters: dict[str, Counter[str]] = {}  # per container id
+        self.retired: Counter[str] = Counter()  # the counters of containers forgotten
+        if previous is not None:
+            # A reload: the counters go on (running readers keep their chains, and with
+            # them their containers' counters); they never go back.
+            self.counters = previous.counters
+            self.retired = previous.retired
+            self.invalid_labels = previous.invalid_labels
 
     def settings(self, meta: ContainerMeta) -> Resolved:
         """The container's settings: resolved at its first start, label problems
@@ -85,7 +97,7 @@ class Processing:
         if len(self._resolved) >= self.CACHE:
             old = next(iter(self._resolved))
             del self._resolved[old]
-            self.counters.pop(old, None)
+            self.retired.update(self.counters.pop(old, ()))
         self._resolved[meta.id] = got
         return got
 
@@ -122,9 +134,9 @@ class Processing:
         return ChainDriver(chain, send, positions, meta.id, self.drain_seconds)
 
     def totals(self) -> Counter[str]:
-        """Every counter summed over the containers, with ``invalid_labels``."""
-        out: Counter[str] = Counter()
-        for c in self.counters.values():
+        """Every counter summed over the containers (all time), with ``invalid_labels``."""
+        out: Counter[str] = Counter(self.retired)
+        for c in list(self.counters.values()):
             out.update(c)
         out["invalid_labels"] = self.invalid_labels
         return out

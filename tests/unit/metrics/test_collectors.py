@@ -25,6 +25,7 @@ from agent.metrics.collectors import (
 from agent.metrics.inventory import Inventory
 from agent.metrics.sample import NetCounters, StatsSample
 from agent.record import ContainerMeta, Record, timestamp_to_unix
+from agent.tap import TapHub
 
 SEED = 20261201
 
@@ -90,7 +91,11 @@ class _State:
 
         class Fol:
             followed = 3
+            unavailable = 0
+            processing = None
 
+        self.reloader = None
+        self.tap = TapHub()
         self.pipeline = Pipe()
         self.pipeline.runners = list(runners)  # type: ignore[attr-defined]
         self.discovery = Disc()
@@ -331,3 +336,56 @@ async def test_building_in_a_thread_while_the_loop_changes_the_state_raises_noth
     assert changes > 1000, changes
     assert len(seen) > 1, "the state did not change between builds"
     assert isinstance(runner.dropped, Counter)
+
+
+def test_reloads_config_hash_tap_drops_unavailable_and_processing_counters() -> None:
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from agent.processing.build import Processing
+    from agent.processing.config import ProcessingConfig
+
+    state = _State(Inventory())
+    state.reloader = SimpleNamespace(results={"ok": 3, "failed": 1}, hash="0123456789ab")
+    state.tap.dropped = 17
+    state.followers.unavailable = 2
+    first = Processing(ProcessingConfig())
+    first.counters["c1"] = Counter(
+        {"parsed": 5, "unparsed": 1, "redacted.bearer": 4, "rate_limit_delay_ms": 1500}
+    )
+    first.invalid_labels = 1
+    # a reload makes a new Processing: the counters go on from where they were
+    state.followers.processing = Processing(ProcessingConfig(), previous=first)
+    state.followers.processing.counters["c2"] = Counter({"filtered": 7, "parsed": 1})
+    got = parsed(render(agent_families(AgentCollector(state).snapshot())))  # type: ignore[arg-type]
+
+    def values(name: str) -> dict[tuple[str, ...], float]:
+        return {tuple(s.labels.values()): s.value for s in got[name]}
+
+    assert values("container_agent_config_reloads_total") == {("failed",): 1, ("ok",): 3}
+    assert values("container_agent_config_info") == {("0123456789ab",): 1}
+    assert values("container_agent_tap_dropped_total") == {(): 17}
+    assert values("container_agent_containers_unavailable_total") == {(): 2}
+    assert values("container_agent_processing_parser_lines_total") == {
+        ("parsed",): 6,
+        ("unparsed",): 1,
+    }
+    assert values("container_agent_processing_filtered_lines_total") == {(): 7}
+    assert values("container_agent_processing_redactions_total") == {("bearer",): 4}
+    assert values("container_agent_processing_rate_limit_delay_seconds_total") == {(): 1.5}
+    assert values("container_agent_processing_invalid_labels_total") == {(): 1}
+
+
+def test_processing_counters_never_go_back_when_containers_are_forgotten() -> None:
+    from collections import Counter
+
+    from agent.processing.build import Processing
+    from agent.processing.config import ProcessingConfig
+
+    proc = Processing(ProcessingConfig())
+    proc.CACHE = 2  # settings (and counters) kept for two containers
+    for i in range(5):
+        proc.settings(meta(i))
+        proc.counters.setdefault(meta(i).id, Counter())["parsed"] += 1
+    assert len(proc.counters) <= 2
+    assert proc.totals()["parsed"] == 5

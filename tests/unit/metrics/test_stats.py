@@ -246,6 +246,7 @@ async def test_agent_collector_reports_buffers_drops_and_exporter_counters(tmp_p
     from agent.delivery.runner import ExporterRunner
     from agent.metrics.collectors import AgentCollector
     from agent.retry import Backoff
+    from agent.tap import TapHub
     from exporters.file import FileConfig, FileExporter
 
     buf = DiskBuffer(tmp_path / "b", 4096, "drop_newest")
@@ -268,8 +269,21 @@ async def test_agent_collector_reports_buffers_drops_and_exporter_counters(tmp_p
 
     class Fol:
         followed = 2
+        unavailable = 0
+        processing = None
 
-    state = type("S", (), {"pipeline": Pipe, "discovery": Disc, "followers": Fol, "stats": None})
+    state = type(
+        "S",
+        (),
+        {
+            "pipeline": Pipe,
+            "discovery": Disc,
+            "followers": Fol,
+            "stats": None,
+            "reloader": None,
+            "tap": TapHub(),
+        },
+    )
     reg = CollectorRegistry()
     reg.register(AgentCollector(state))  # type: ignore[arg-type]
     got = _scrape(reg)
