@@ -122,6 +122,11 @@ class Exporter(abc.ABC):
     def __init__(self, name: str, config: Any) -> None:
         self.name = name
         self.config = config
+        # After a send of a small batch, the pipeline's worker waits up to this long (from
+        # the send's start) for more records before the next send: many quiet containers'
+        # lines go out together instead of one send per line (an exporter with a linger of
+        # its own, such as http's, leaves it at 0).
+        self.linger_seconds = 0.0
 
     def place(self, state_dir: Path) -> None:  # noqa: B027 - optional hook
         """Learns the agent's ``state_dir`` (for files of its own: dead letters)."""

@@ -71,6 +71,8 @@ class ExporterRunner:
         self._current: list[Record] | None = None  # that batch
         self._free = asyncio.Event()  # set while no batch is being sent
         self._free.set()
+        self._hurry = asyncio.Event()  # ends a linger: a full batch is queued, or a drain
+        self._draining = 0  # drains under way: no linger meanwhile
         self.received = 0
         self.exported = 0  # records delivered: accepted by the exporter, not dead-lettered
         self.acknowledged = 0  # records accepted (sent, or appended to the disk buffer)
@@ -102,6 +104,8 @@ class ExporterRunner:
             return
         self._idle.clear()
         await self.queue.put(batch)
+        if self.queue.size >= COALESCE_RECORDS:
+            self._hurry.set()
 
     def start(self) -> None:
         if self.buffer is None:
@@ -205,12 +209,28 @@ class ExporterRunner:
     async def _work(self) -> None:
         while True:
             batch = await self.queue.get(COALESCE_RECORDS)
+            began = time.monotonic()
             self._take(batch)
             routed = self._routed(batch)
             if routed:
                 await self._send(routed)
             self._ack(batch)  # the records the route leaves out are done with too
             self._done_with(batch)
+            if len(batch) < COALESCE_RECORDS:
+                await self._linger(began)
+
+    async def _linger(self, began: float) -> None:
+        """Waits until ``began`` + the exporter's ``linger_seconds`` unless a full batch is
+        queued or a drain (shutdown, reload) hurries it: while records come slowly, one
+        send per linger carries everything queued meanwhile."""
+        left = began + self.exporter.linger_seconds - time.monotonic()
+        if left <= 0 or self._draining or self.queue.size >= COALESCE_RECORDS:
+            return
+        hurry = self._hurry
+        hurry.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left):
+                await hurry.wait()
 
     def _routed(self, batch: list[Record]) -> list[Record]:
         """The records of ``batch`` the exporter's route takes (by kind, stream, level)."""
@@ -287,6 +307,8 @@ class ExporterRunner:
         start: it is neither lost nor counted as dropped.
         """
         timeout = max(0.0, deadline - time.monotonic())
+        self._draining += 1
+        self._hurry.set()
         try:
             async with asyncio.timeout(timeout):
                 while self.queue.size or not self._idle.is_set():
@@ -296,6 +318,8 @@ class ExporterRunner:
                 await self.exporter.flush()
         except TimeoutError:
             pass
+        finally:
+            self._draining -= 1
 
     async def stop(self, reason: str = "shutdown") -> None:
         """Cancels the workers; what is still queued in memory is counted as dropped
@@ -317,6 +341,8 @@ class ExporterRunner:
         unsent batch goes back to the front of the queue; then closes the exporter. The
         queue and the buffer stay open for the successor."""
         timeout = max(0.0, deadline - time.monotonic())
+        self._draining += 1  # (for good: the workers are cancelled next)
+        self._hurry.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._free.wait()

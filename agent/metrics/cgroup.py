@@ -101,8 +101,17 @@ class CgroupLayout:
                 return rel
         return None
 
-    def read(self, rel: str, memory_limit: int, pid: int | None, proc: Path) -> StatsSample:
-        system, cpus = read_host_cpu(proc)
+    def read(
+        self,
+        rel: str,
+        memory_limit: int,
+        pid: int | None,
+        proc: Path,
+        host: tuple[int | None, int] | None = None,
+    ) -> StatsSample:
+        """One container's reading; ``host``: ``read_host_cpu``'s answer when the caller
+        has it (one per round: the kernel builds /proc/stat for every CPU and IRQ)."""
+        system, cpus = host if host is not None else read_host_cpu(proc)
         nets = read_net_dev(proc / str(pid) / "net" / "dev") if pid else {}
         if self.v2:
             base = self.root / rel

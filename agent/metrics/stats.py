@@ -25,12 +25,17 @@ from typing import Any
 import structlog
 
 from agent.engine.client import Engine, EngineError, NotFound
-from agent.metrics.cgroup import CgroupLayout
+from agent.metrics.cgroup import CgroupLayout, read_host_cpu
 from agent.metrics.inventory import ContainerInfo, Inventory
 from agent.metrics.sample import _NS, StatsSample, cpu_percent, parse_api_stats
 from agent.record import Record, format_timestamp_ns
 
 log = structlog.get_logger("agent.metrics.stats")
+
+# The host's CPU time (/proc/stat) is read once per this long, not once per container: a
+# round reads every container within a few milliseconds of each other, and the kernel
+# builds /proc/stat (every CPU, every IRQ) at each read.
+HOST_CPU_SECONDS = 0.25
 
 
 class StatsSource(abc.ABC):
@@ -59,6 +64,8 @@ class CgroupStatsSource(StatsSource):
         self.layout = CgroupLayout(Path(root))
         self.proc = Path(proc)
         self._paths: dict[str, str | None] = {}
+        self._host: tuple[int | None, int] | None = None  # the host's CPU time, and when
+        self._host_at = -HOST_CPU_SECONDS
 
     def locate(self, info: ContainerInfo) -> str | None:
         cid = info.meta.id
@@ -74,7 +81,10 @@ class CgroupStatsSource(StatsSource):
         if rel is None:
             return None
         # A few small files: cheaper inline than a thread hop (measured in bench/stats.py).
-        return self.layout.read(rel, info.memory_limit, info.pid, self.proc)
+        now = time.monotonic()
+        if self._host is None or now - self._host_at >= HOST_CPU_SECONDS:
+            self._host, self._host_at = read_host_cpu(self.proc), now
+        return self.layout.read(rel, info.memory_limit, info.pid, self.proc, self._host)
 
 
 class StatsCollector:

@@ -90,6 +90,7 @@ class FileExporter(Exporter):
 
     def __init__(self, name: str, config: FileConfig) -> None:
         super().__init__(name, config)
+        self.linger_seconds = config.linger_seconds
         path = config.path
         self._by_name = any(f in path for f in _NAME_FIELDS)
         self._by_date = "%" in path

@@ -153,7 +153,7 @@ class FileChain:
     def _on_file(self, mask: int, name: str) -> None:
         inotify = self.inotify
         if inotify is not None:
-            inotify.to_loop(self.wake.set)
+            inotify.wake_soon(self.wake)
 
     # -- the chain of files --------------------------------------------------------------
 

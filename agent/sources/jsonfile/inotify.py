@@ -10,6 +10,7 @@ import contextlib
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,16 @@ _FILE_MASK = IN_MODIFY | IN_ONESHOT
 
 Handler = Callable[[int, str], None]
 
+# A file's modification wakes its reader at most this much later: the wake-ups of every
+# file written meanwhile reach the loop together, in one hand-over (a host of many quiet
+# containers otherwise pays one per line). Rotations and closes are handed over at once.
+WAKE_LINGER_SECONDS = 0.05
+# Readers waiting longer than this for their file (an idle container: until its next
+# liveness look, up to minutes) are woken at their deadline by the watcher thread, which
+# looks this often, rather than by a timer each on the loop: the timers of hundreds of
+# readers, set and cancelled at every line, cost the loop's heap more than the lines.
+TICK_SECONDS = 1.0
+
 
 class Inotify:
     """One inotify descriptor and the thread that reads it, shared by a source's readers.
@@ -59,6 +70,9 @@ class Inotify:
         self._calls: collections.deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
             collections.deque()
         )
+        self._wakes: list[asyncio.Event] = []  # readers to wake (watcher thread only)
+        self.sleepers: dict[asyncio.Event, float] = {}  # wake at that time (under ``lock``)
+        self._wakes_since = 0.0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="inotify", daemon=True)
@@ -92,12 +106,56 @@ class Inotify:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             self.loop.call_soon_threadsafe(fn, *args)
 
+    def wake_soon(self, event: asyncio.Event) -> None:
+        """Sets ``event`` on the loop within ``WAKE_LINGER_SECONDS``, with the others
+        due by then (in the watcher thread only)."""
+        if not self._wakes:
+            self._wakes_since = time.monotonic()
+        self._wakes.append(event)
+
+    def sleep_until(self, event: asyncio.Event, deadline: float) -> None:
+        """Sets ``event`` at ``deadline`` (``time.monotonic``), up to ``TICK_SECONDS``
+        late, unless ``unsleep`` came first (from the loop)."""
+        with self.lock:
+            first = not self.sleepers
+            self.sleepers[event] = deadline
+        if first:  # the thread may be in a poll without a timeout
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"t")
+
+    def unsleep(self, event: asyncio.Event) -> None:
+        with self.lock:
+            self.sleepers.pop(event, None)
+
+    def _wake_due(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            due = [e for e, deadline in self.sleepers.items() if deadline <= now]
+            for event in due:
+                del self.sleepers[event]
+        if due:
+            self.to_loop(_set_all, due)
+
+    def _flush_wakes(self) -> None:
+        wakes, self._wakes = self._wakes, []
+        self.to_loop(_set_all, wakes)
+
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         while not self._stopping:
-            poller.poll()
+            timeout = None
+            if self._wakes:
+                left = self._wakes_since + WAKE_LINGER_SECONDS - time.monotonic()
+                if left <= 0:
+                    self._flush_wakes()
+                else:
+                    timeout = left * 1000 + 1
+            if self.sleepers:
+                self._wake_due()
+                timeout = min(timeout or TICK_SECONDS * 1000, TICK_SECONDS * 1000)
+            poller.poll(timeout)
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
             self.drain()
@@ -153,6 +211,11 @@ class Inotify:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.handlers.clear()
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
 
 
 def _set_result(fut: asyncio.Future[Any], result: Any) -> None:

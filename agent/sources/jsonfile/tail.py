@@ -27,7 +27,7 @@ from agent.record import Record
 from agent.sources.base import Emit, StreamEnd
 from agent.sources.jsonfile.decoder import JsonFileDecoder
 from agent.sources.jsonfile.files import FileChain, _File, _parse_size
-from agent.sources.jsonfile.inotify import _FILE_MASK
+from agent.sources.jsonfile.inotify import _FILE_MASK, TICK_SECONDS
 from agent.sources.jsonfile.seek import (
     MAX_LINE_BYTES,
     _last_line,
@@ -46,6 +46,9 @@ log = structlog.get_logger("agent.sources.jsonfile")
 SAFETY_CHECK_SECONDS = 300.0  # an idle reader asks the engine anyway, in case an event was lost
 POLL_CHECK_SECONDS = 2.0  # without inotify: how often an idle reader asks whether it runs
 CLOSE_SETTLE_SECONDS = 0.05  # after the engine closed the file: time for a rotation to show
+# A watch that fires sooner than this after it was set means a writer busy enough for the
+# short sleep after data (``_wait``) to pay again.
+TRICKLE_AGAIN_SECONDS = 0.05
 
 
 class _Liveness:
@@ -102,6 +105,8 @@ class _Tail(FileChain):
         super().__init__(source, reader)
         self.nowait = bool(_NOWAIT)
         self.live = _Liveness(None, polling=True)  # set by ``_start``
+        self.trickle = True  # after data, look again after a short sleep before watching
+        self._trickled = False  # the last wait was that short sleep
 
     async def run(self, positions: dict[str, Position], emit: Emit) -> StreamEnd:
         decoder = await self._start(positions)
@@ -115,15 +120,20 @@ class _Tail(FileChain):
                 await self._truncated(f, decoder, emit)
                 continue
             cut = data.rfind(b"\n") + 1
+            got = len(data)
             if cut:
                 quiet = 0
                 await self._consume(f, decoder, data, cut, emit)
-                await asyncio.sleep(0)  # the next chunk may be read without a suspension
-                continue
-            if len(data) >= self.source.chunk_bytes and await self._long_line(f, decoder, emit):
+                if got >= self.source.chunk_bytes:
+                    await asyncio.sleep(0)  # the next chunk may be read without a suspension
+                    continue
+                # A short read ended at the end of the file: its size says whether more
+                # came since, without another read.
+                got -= cut
+            elif got >= self.source.chunk_bytes and await self._long_line(f, decoder, emit):
                 continue
             # At the end of files[0] (or in a line still being written).
-            if await self._more_to_read(f, len(data), newer_known):
+            if await self._more_to_read(f, got, newer_known):
                 continue
             if live.stopping:
                 tail = decoder.finish()
@@ -132,7 +142,7 @@ class _Tail(FileChain):
                 log.debug("log_file_done", container=self.reader.meta.name, why=live.why)
                 return StreamEnd.STOPPED
             quiet += 1
-            await self._wait(f, f.offset + len(data), quiet, live.timeout(time.monotonic()))
+            await self._wait(f, f.offset + got, quiet, live.timeout(time.monotonic()))
 
     async def _start(self, positions: dict[str, Position]) -> JsonFileDecoder:
         """Opens the chain of files, learns the container's TTY and rotation size, finds
@@ -183,8 +193,8 @@ class _Tail(FileChain):
         """Decodes and emits the whole lines of a chunk (``data[:cut]``)."""
         records = decoder.feed_lines(data[:cut] if cut < len(data) else data)
         f.tail = data[max(0, cut - 64) : cut]
+        f.seen = max(f.seen, f.offset + len(data))  # what a truncation could take
         f.offset += cut
-        f.seen = max(f.seen, os.fstat(f.fd).st_size)  # what a truncation could take
         f.lines += len(records)
         f.bytes += cut
         await self._emit(f, decoder, records, emit)
@@ -206,7 +216,9 @@ class _Tail(FileChain):
         f.seen = max(f.seen, size)
         if size > f.offset + got or len(self.files) > 1:
             return True  # written, or rotated, since the read
-        if self.gone or not self.dir_exists():
+        # With the directory's watch (and no overflow since), its removal is reported
+        # (``gone``): no stat per read.
+        if self.gone or ((self.inotify is None or not self.counted) and not self.dir_exists()):
             # Removed: the engine closed the files first; what they hold has been read.
             live.stopping, live.why = True, "removed"
         now = time.monotonic()
@@ -228,12 +240,18 @@ class _Tail(FileChain):
         ``limit`` s. A writer that just wrote usually writes on: right after data the reader
         only sleeps a little and looks again (one timer, and a bigger batch next time,
         rather than a watch, a wake-up from the watcher thread and a small read per write);
-        a file found quiet twice in a row is left to inotify."""
+        a file found quiet twice in a row is left to inotify. A writer for which that short
+        sleep found nothing (one line now and then: most containers) goes straight to the
+        watch after its data, until a watch fires within ``TRICKLE_AGAIN_SECONDS``."""
         limit = max(limit, 0.0)
         if self.inotify is None:
             await asyncio.sleep(min(self.source.poll_seconds, limit))
             return
-        if quiet == 1:
+        if self._trickled and quiet > 1:
+            self.trickle = False  # the look after a short sleep found nothing: a slow writer
+        self._trickled = False
+        if quiet == 1 and self.trickle:
+            self._trickled = True
             await asyncio.sleep(min(self.source.trickle_seconds, limit))
             return
         self.wake.clear()
@@ -245,9 +263,20 @@ class _Tail(FileChain):
             limit = min(limit, self.source.poll_seconds)
         if os.fstat(f.fd).st_size > end:
             return  # written between the read and the watch
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(limit):
+        armed = time.monotonic()
+        if limit > TICK_SECONDS:
+            # A long wait (an idle container): the watcher thread's tick ends it.
+            self.inotify.sleep_until(self.wake, armed + limit)
+            try:
                 await self.wake.wait()
+            finally:
+                self.inotify.unsleep(self.wake)
+        else:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit):
+                    await self.wake.wait()
+        if time.monotonic() - armed < TRICKLE_AGAIN_SECONDS:
+            self.trickle = True  # written again soon: a busy writer, worth the short sleep
 
     async def _read(self, f: _File) -> bytes | None:
         """The next chunk of ``f`` (see ``_read``). Read here when the bytes are in the page

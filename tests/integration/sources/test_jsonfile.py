@@ -157,6 +157,8 @@ async def test_removed_container_is_read_to_the_end(
     await containers.docker.containers.container(cid).delete(force=True)
     followers = agent.runtime.followers
     await agent.wait_for(lambda: followers.readers.get(cid) is None, timeout=10, what="the end")
+    # (the exporter writes what was read within its linger)
+    await agent.wait_for(lambda: len(agent.logs(cid)) >= 20000, timeout=5, what="every line")
     assert [r["message"] for r in agent.logs(cid)] == [str(i) for i in range(1, 20001)]
     assert not os.path.exists(os.path.join(containers_dir, cid))
 

@@ -507,3 +507,66 @@ def test_route_by_kind_and_stream() -> None:
     assert not route.accepts(Record.log("t", m, "stdout", "x", False))
     assert not route.accepts(Record.event("t", m, "die", {}))
     assert RouteConfig().everything and not route.everything
+
+
+class Counting(Memory):
+    """Records each send's size."""
+
+    def __init__(self, name: str, config: Config, linger: float) -> None:
+        super().__init__(name, config)
+        self.linger_seconds = linger
+        self.sends: list[int] = []
+
+    async def send(self, batch: Sequence[Record]) -> None:
+        self.sends.append(len(batch))
+        await super().send(batch)
+
+
+async def test_a_linger_sends_trickling_batches_together_and_a_drain_ends_it() -> None:
+    exp = Counting("e", Config(), linger=0.5)
+    r = runner(exp)
+    r.start()
+    await r.put(recs(1, "a"))  # the first after a quiet spell goes at once
+    await asyncio.sleep(0.05)
+    assert exp.sends == [1]
+    for name in "bcdef":  # five readers' lines while the worker lingers
+        await r.put(recs(1, name))
+        await asyncio.sleep(0.01)
+    assert exp.sends == [1]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await r.drain(loop.time() + 5)  # a shutdown does not wait for the linger
+    assert loop.time() - t0 < 0.3
+    assert exp.sends == [1, 5] and len(exp.got) == 6
+    await r.stop()
+
+
+async def test_a_full_batch_ends_a_linger() -> None:
+    exp = Counting("e", Config(), linger=30)
+    r = runner(exp, queue_records=10_000)
+    r.start()
+    await r.put(recs(1))
+    await asyncio.sleep(0.05)
+    await r.put(recs(1500))
+    await asyncio.sleep(0.05)
+    assert exp.sends == [1]  # lingering: 1,500 queued is not a full batch
+    await r.put(recs(1000))
+    for _ in range(100):
+        if len(exp.sends) > 1:
+            break
+        await asyncio.sleep(0.01)
+    assert exp.sends[:2] == [1, 1500]  # (batches are joined whole, up to 2,048 records)
+    await r.drain(asyncio.get_running_loop().time() + 5)
+    assert sum(exp.sends) == 2501
+    await r.stop()
+
+
+async def test_no_linger_sends_each_batch_as_it_comes() -> None:
+    exp = Counting("e", Config(), linger=0)
+    r = runner(exp)
+    r.start()
+    for name in "abc":
+        await r.put(recs(1, name))
+        await asyncio.sleep(0.02)
+    assert exp.sends == [1, 1, 1]
+    await r.stop()
