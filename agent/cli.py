@@ -12,15 +12,18 @@ import signal
 import sys
 from pathlib import Path
 
-import orjson
-import structlog
+from agent import __version__, structlog_without_rich
 
-from agent import __version__
-from agent import logging as agent_logging
-from agent.config import ConfigError, load, reference_markdown
-from agent.limits import raise_nofile_limit
-from agent.ops import console, health
-from agent.runtime import EXIT_OK, EXIT_USAGE, PID_FILE, Runtime
+structlog_without_rich()  # before the first import of structlog
+
+import orjson  # noqa: E402
+import structlog  # noqa: E402
+
+from agent import logging as agent_logging  # noqa: E402
+from agent.config import ConfigError, load, reference_markdown  # noqa: E402
+from agent.limits import raise_nofile_limit  # noqa: E402
+from agent.ops import console, health  # noqa: E402
+from agent.runtime import EXIT_OK, EXIT_USAGE, PID_FILE, Runtime  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -340,6 +340,7 @@ class AgentCollector(Collector):
             stats.errors if stats is not None else None,
             stats.last_round_seconds if stats is not None else None,
             st.followers.unavailable,
+            st.followers.lines_lost,
             tuple(sorted(reloader.results.items())) if reloader is not None else (),
             reloader.hash if reloader is not None else None,
             st.tap.dropped,

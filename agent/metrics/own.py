@@ -76,6 +76,7 @@ class AgentSnapshot:
     stats_errors: int | None  # None: stats are off
     stats_round_seconds: float | None
     containers_unavailable: int
+    lines_lost: int
     reloads: tuple[tuple[str, int], ...]  # result, count
     config_hash: str | None
     tap_dropped: int
@@ -248,6 +249,13 @@ def _operations(snap: AgentSnapshot) -> Iterator[Metric]:
         "Containers removed before any of their logs could be read (their logs went with "
         "them: the engine's store has nothing left to read).",
         value=snap.containers_unavailable,
+    )
+    yield CounterMetricFamily(
+        "container_agent_log_lines_lost",
+        "Log lines the agent knows it could not read, estimated from their files' sizes: "
+        "json-file logs rotated away, or truncated, before they were read (each is also "
+        "logged as a log_lines_lost warning).",
+        value=snap.lines_lost,
     )
     reloads = CounterMetricFamily(
         "container_agent_config_reloads",

@@ -61,6 +61,7 @@ class LogFollowers:
         self._destroyed: set[str] = set()
         self.closed = False
         self.unavailable = 0  # containers removed before any of their logs could be read
+        self.lines_lost = 0  # lines a source knows it could not read (estimated: rotation)
         self.processing: Processing | None = None  # per-container chains (the runtime's)
 
     @property

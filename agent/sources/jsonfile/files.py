@@ -336,3 +336,6 @@ class FileChain:
     def _count_lost(self, lines: int) -> None:
         self.source.lost += lines
         self.reader.lost = getattr(self.reader, "lost", 0) + lines
+        followers = getattr(self.reader, "followers", None)
+        if followers is not None:
+            followers.lines_lost += lines

@@ -92,6 +92,7 @@ class _State:
         class Fol:
             followed = 3
             unavailable = 0
+            lines_lost = 0
             processing = None
 
         self.reloader = None
@@ -349,6 +350,7 @@ def test_reloads_config_hash_tap_drops_unavailable_and_processing_counters() -> 
     state.reloader = SimpleNamespace(results={"ok": 3, "failed": 1}, hash="0123456789ab")
     state.tap.dropped = 17
     state.followers.unavailable = 2
+    state.followers.lines_lost = 40
     first = Processing(ProcessingConfig())
     first.counters["c1"] = Counter(
         {"parsed": 5, "unparsed": 1, "redacted.bearer": 4, "rate_limit_delay_ms": 1500}
@@ -366,6 +368,7 @@ def test_reloads_config_hash_tap_drops_unavailable_and_processing_counters() -> 
     assert values("container_agent_config_info") == {("0123456789ab",): 1}
     assert values("container_agent_tap_dropped_total") == {(): 17}
     assert values("container_agent_containers_unavailable_total") == {(): 2}
+    assert values("container_agent_log_lines_lost_total") == {(): 40}
     assert values("container_agent_processing_parser_lines_total") == {
         ("parsed",): 6,
         ("unparsed",): 1,

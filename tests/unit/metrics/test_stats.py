@@ -270,6 +270,7 @@ async def test_agent_collector_reports_buffers_drops_and_exporter_counters(tmp_p
     class Fol:
         followed = 2
         unavailable = 0
+        lines_lost = 0
         processing = None
 
     state = type(

@@ -232,7 +232,7 @@ class Run:
         self.on_emit = on_emit
         self.reader = SimpleNamespace(
             meta=meta(),
-            followers=SimpleNamespace(positions={CID: {}}, marks={}),
+            followers=SimpleNamespace(positions={CID: {}}, marks={}, lines_lost=0),
             decoder=None,
             lost=0,
         )
@@ -368,7 +368,7 @@ async def test_rotation_faster_than_reading_is_counted_and_logged(tmp_path: Path
     assert run.messages() == expected
     lost = [e for e in logs if e["event"] == "log_lines_lost"]
     assert len(lost) == 1 and lost[0]["files"] == 1 and lost[0]["lines"] > 0
-    assert source.lost == lost[0]["lines"] == run.reader.lost
+    assert source.lost == lost[0]["lines"] == run.reader.lost == run.reader.followers.lines_lost
 
 
 async def test_rotation_loss_without_inotify_is_logged_as_unknown(tmp_path: Path) -> None:
