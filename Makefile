@@ -66,6 +66,7 @@ bench: venv engine ## the benchmarks (docs/benchmarks.md)
 	$(TEST_HOST) $(BIN)/python -m bench.run_all
 	$(TEST_HOST) $(BIN)/python -m bench.files
 	$(TEST_HOST) $(BIN)/python -m bench.processing
+	$(TEST_HOST) $(BIN)/python -m bench.scale --bulk  # beside Fluent Bit when FLUENT_BIT names one
 
 # mutmut copies the tree to mutants/ and runs the delivery tests against each mutant.
 mutation: venv ## mutation testing of the delivery rules (slow: ~10 min; `mutmut results` lists survivors)

@@ -114,10 +114,7 @@ class FileChain:
     def close(self) -> None:
         if self.inotify is not None:
             self.inotify.remove(self.dir_wd, self._on_dir)
-            with self.inotify.lock:
-                mine = [wd for wd, h in self.inotify.handlers.items() if h == self._on_file]
-            for wd in mine:
-                self.inotify.remove(wd, self._on_file)
+            self.inotify.files.remove_all(self._on_file)
             self.source._release_inotify()
             self.inotify = None
         with self.lock:
@@ -127,7 +124,7 @@ class FileChain:
                     os.close(f.fd)
             self.files = []
 
-    # -- inotify handlers (in the watcher thread) -----------------------------------------
+    # -- inotify handlers ------------------------------------------------------------------
 
     def _on_dir(self, mask: int, name: str) -> None:
         inotify = self.inotify
@@ -151,9 +148,8 @@ class FileChain:
         inotify.to_loop(self.wake.set)
 
     def _on_file(self, mask: int, name: str) -> None:
-        inotify = self.inotify
-        if inotify is not None:
-            inotify.wake_soon(self.wake)
+        """The file being read changed (on the event loop: ``FileWatches``)."""
+        self.wake.set()
 
     # -- the chain of files --------------------------------------------------------------
 

@@ -1,6 +1,9 @@
-"""inotify for the json-file source: one descriptor (``inotify_simple``) and one watcher
-thread per source, shared by every container's tail. The thread is what keeps up with
-rotations while the event loop is busy (bench/inotify.py; docs/design.md)."""
+"""inotify for the json-file source, shared by every container's tail: one descriptor
+(``inotify_simple``) read by a watcher thread for the containers' directories, the one that
+keeps up with rotations while the event loop is busy (bench/inotify.py; docs/design.md),
+and one read on the event loop for the files being read (``FileWatches``), whose
+modifications only wake a reader waiting at the end of its file: no thread hand-over
+(and GIL hand-over) per line written."""
 
 from __future__ import annotations
 
@@ -36,9 +39,10 @@ _FILE_MASK = IN_MODIFY | IN_ONESHOT
 
 Handler = Callable[[int, str], None]
 
-# A file's modification wakes its reader at most this much later: the wake-ups of every
-# file written meanwhile reach the loop together, in one hand-over (a host of many quiet
-# containers otherwise pays one per line). Rotations and closes are handed over at once.
+# A file's modification wakes its reader at most this much later: after reading its
+# descriptor, the loop leaves it this long, so that the modifications of every file written
+# meanwhile are read together (a host of many quiet containers otherwise pays a wake-up per
+# line). Rotations and closes (the watcher thread) are handled at once.
 WAKE_LINGER_SECONDS = 0.05
 # Readers waiting longer than this for their file (an idle container: until its next
 # liveness look, up to minutes) are woken at their deadline by the watcher thread, which
@@ -62,6 +66,11 @@ class Inotify:
         self._inotify = INotify(nonblocking=True)  # OSError (EMFILE) when none is left
         self.fd = self._inotify.fileno()
         self.loop = asyncio.get_running_loop()
+        try:
+            self.files = FileWatches(self.loop)
+        except OSError:
+            self._inotify.close()
+            raise
         self.handlers: dict[int, Handler] = {}
         self.lock = threading.Lock()  # guards ``handlers``
         self.users = 0
@@ -106,13 +115,6 @@ class Inotify:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
             self.loop.call_soon_threadsafe(fn, *args)
 
-    def wake_soon(self, event: asyncio.Event) -> None:
-        """Sets ``event`` on the loop within ``WAKE_LINGER_SECONDS``, with the others
-        due by then (in the watcher thread only)."""
-        if not self._wakes:
-            self._wakes_since = time.monotonic()
-        self._wakes.append(event)
-
     def sleep_until(self, event: asyncio.Event, deadline: float) -> None:
         """Sets ``event`` at ``deadline`` (``time.monotonic``), up to ``TICK_SECONDS``
         late, unless ``unsleep`` came first (from the loop)."""
@@ -136,25 +138,15 @@ class Inotify:
         if due:
             self.to_loop(_set_all, due)
 
-    def _flush_wakes(self) -> None:
-        wakes, self._wakes = self._wakes, []
-        self.to_loop(_set_all, wakes)
-
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         while not self._stopping:
             timeout = None
-            if self._wakes:
-                left = self._wakes_since + WAKE_LINGER_SECONDS - time.monotonic()
-                if left <= 0:
-                    self._flush_wakes()
-                else:
-                    timeout = left * 1000 + 1
             if self.sleepers:
                 self._wake_due()
-                timeout = min(timeout or TICK_SECONDS * 1000, TICK_SECONDS * 1000)
+                timeout = TICK_SECONDS * 1000
             poller.poll(timeout)
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
@@ -201,6 +193,7 @@ class Inotify:
                         log.warning("inotify_handler_failed", error=repr(exc))
 
     def close(self) -> None:
+        self.files.close()
         self._stopping = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"s")
@@ -210,6 +203,87 @@ class Inotify:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self.handlers.clear()
+
+
+class FileWatches:
+    """One-shot ``IN_MODIFY`` watches on the files being read, their descriptor read on
+    the event loop: a handler runs there (it wakes a reader). After a read the descriptor
+    is left alone for ``WAKE_LINGER_SECONDS``, so that the events of that time are read,
+    and their readers woken, together."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._inotify = INotify(nonblocking=True)
+        self.fd = self._inotify.fileno()
+        self.loop = loop
+        self.handlers: dict[int, Handler] = {}
+        self.overflows = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        loop.add_reader(self.fd, self._readable)
+
+    def add(self, path: str, mask: int, handler: Handler) -> int:
+        try:
+            wd = int(self._inotify.add_watch(path, mask))
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
+        self.handlers[wd] = handler
+        return wd
+
+    def remove(self, wd: int, handler: Handler) -> None:
+        if self.handlers.get(wd) == handler:  # (bound methods are equal, not identical)
+            del self.handlers[wd]
+            with contextlib.suppress(OSError):  # EINVAL if the one-shot fired: fine
+                self._inotify.rm_watch(wd)
+
+    def remove_all(self, handler: Handler) -> None:
+        for wd in [wd for wd, h in self.handlers.items() if h == handler]:
+            self.remove(wd, handler)
+
+    def _readable(self) -> None:
+        self.loop.remove_reader(self.fd)
+        try:
+            self.drain()
+        finally:
+            if not self._closed:
+                self._timer = self.loop.call_later(WAKE_LINGER_SECONDS, self._rearm)
+
+    def _rearm(self) -> None:
+        self._timer = None
+        if not self._closed:
+            self.loop.add_reader(self.fd, self._readable)
+
+    def drain(self) -> None:
+        while True:
+            try:
+                events = self._inotify.read(timeout=0)
+            except OSError:
+                return
+            if not events:
+                return
+            for wd, mask, _cookie, name in events:
+                if mask & IN_Q_OVERFLOW:
+                    self.overflows += 1
+                    handlers = list(self.handlers.values())
+                else:
+                    handler = self.handlers.get(wd)
+                    if mask & IN_IGNORED:
+                        self.handlers.pop(wd, None)
+                    handlers = [handler] if handler is not None else []
+                for handler in handlers:
+                    try:
+                        handler(mask, name)
+                    except Exception as exc:  # one reader's handler must not stop the others
+                        log.warning("inotify_handler_failed", error=repr(exc))
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        with contextlib.suppress(Exception):  # the loop may be closed already
+            self.loop.remove_reader(self.fd)
+        with contextlib.suppress(OSError):
+            self._inotify.close()
         self.handlers.clear()
 
 

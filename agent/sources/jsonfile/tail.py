@@ -256,7 +256,7 @@ class _Tail(FileChain):
             return
         self.wake.clear()
         try:
-            self.inotify.add(self.path, _FILE_MASK, self._on_file)
+            self.inotify.files.add(self.path, _FILE_MASK, self._on_file)
         except OSError:
             # No -json.log for now (a rotation in progress, a removal): the directory's
             # watch reports its creation; poll meanwhile, in case it does not come.

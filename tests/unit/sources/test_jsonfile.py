@@ -593,7 +593,7 @@ async def test_unreadable_directory_falls_back_with_one_line(tmp_path: Path, mod
     assert [e["event"] for e in logs] == ["log_files_unreadable"]
 
 
-async def test_the_watcher_thread_wakes_long_sleepers_and_hands_wakes_over_together(
+async def test_long_sleepers_are_woken_by_the_thread_and_file_events_read_together(
     tmp_path: Path,
 ) -> None:
     from agent.sources.jsonfile.inotify import TICK_SECONDS, Inotify
@@ -610,19 +610,33 @@ async def test_the_watcher_thread_wakes_long_sleepers_and_hands_wakes_over_toget
         assert 0.19 <= loop.time() - t0 <= 0.2 + TICK_SECONDS + 0.5
         await asyncio.sleep(0.3)
         assert not cancelled.is_set() and not inotify.sleepers
-        # Modifications of several files within the linger: one hand-over wakes them all.
-        events = [asyncio.Event() for _ in range(3)]
-        handed = []
-        real = inotify.to_loop
+        # Files written within the linger: their events are read on the loop together.
+        from agent.sources.jsonfile.inotify import _FILE_MASK
 
-        def counting(fn: Any, *args: Any) -> None:
-            handed.append(fn)
-            real(fn, *args)
+        woken: list[tuple[str, int]] = []
+        reads = [0]
+        drain = inotify.files.drain
 
-        inotify.to_loop = counting  # type: ignore[method-assign]
-        done = inotify.call(lambda: [inotify.wake_soon(e) for e in events])
-        await done
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 2)
-        assert len(handed) == 2  # the call's result, then the three wakes at once
+        def counted() -> None:
+            reads[0] += 1
+            drain()
+
+        inotify.files.drain = counted  # type: ignore[method-assign]
+        paths = [tmp_path / f"f{i}" for i in range(3)]
+        for i, path in enumerate(paths):
+            path.write_bytes(b"")
+            inotify.files.add(
+                str(path), _FILE_MASK, lambda _m, _n, i=i: woken.append((f"f{i}", reads[0]))
+            )
+        await asyncio.sleep(0.01)
+        for path in paths:
+            path.write_bytes(b"x\n")
+        for _ in range(100):
+            if len({name for name, _ in woken}) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert {name for name, _ in woken} == {"f0", "f1", "f2"}  # (and IN_IGNORED after)
+        assert len({at for _, at in woken}) == 1  # in one read of the descriptor
+        assert not inotify.files.handlers  # one-shot watches: gone once fired
     finally:
         inotify.close()
