@@ -101,6 +101,10 @@ _NO_CONNECTION = 900
 # then waits): for the socket reader and for aiohttp (TLS engines), whose default 64 KiB
 # paused and resumed the socket on nearly every chunk of a busy stream (~8 % of the loop).
 _READ_BUFSIZE = 1 << 20
+# The API calls' pool over a unix socket or plain TCP (see ``_client``): connections at
+# once, and how long an idle one is kept.
+API_CONNECTIONS = 64
+API_KEEPALIVE_SECONDS = 5.0
 
 
 def _split_tcp(host: str, default_port: int) -> tuple[str, int]:
@@ -122,10 +126,17 @@ def _uses_tls(host: str, tls: TlsConfig) -> bool:
 
 
 def _client(host: str, tls: TlsConfig) -> aiodocker.Docker:
-    # No connection limit: every followed container holds one log stream open, and
-    # aiohttp's default of 100 would leave inspect and stats calls waiting behind them.
+    # Over a unix socket (and plain TCP) the log streams are read straight from sockets of
+    # their own (``_plain_address``): the pool only carries the API calls and the event
+    # stream. Bounded, with idle connections closed after a few seconds, so that the burst
+    # of inspects of 1,000 containers starting does not leave 1,000 sockets open. Over TLS
+    # every followed container holds one log stream in the pool: no limit there.
     if host.startswith("unix://"):
-        connector = aiohttp.UnixConnector(host.removeprefix("unix://"), limit=0)
+        connector = aiohttp.UnixConnector(
+            host.removeprefix("unix://"),
+            limit=API_CONNECTIONS,
+            keepalive_timeout=API_KEEPALIVE_SECONDS,
+        )
         session = aiohttp.ClientSession(connector=connector, read_bufsize=_READ_BUFSIZE)
         # "unix://localhost" is the URL base aiodocker itself uses with a unix connector.
         docker = aiodocker.Docker(url="unix://localhost", connector=connector, session=session)
@@ -139,7 +150,11 @@ def _client(host: str, tls: TlsConfig) -> aiodocker.Docker:
             raise EngineError(str(exc)) from None
         name, port = _split_tcp(host, 2376 if secure else 2375)
         # ssl=False, not None: plain HTTP, whatever aiohttp's default for https would be.
-        tcp = aiohttp.TCPConnector(limit=0, ssl=context if context is not None else False)
+        tcp = aiohttp.TCPConnector(
+            limit=0 if secure else API_CONNECTIONS,
+            keepalive_timeout=API_KEEPALIVE_SECONDS,
+            ssl=context if context is not None else False,
+        )
         session = aiohttp.ClientSession(connector=tcp, read_bufsize=_READ_BUFSIZE)
         url = f"{'https' if secure else 'http'}://{_url_host(name)}:{port}"
         docker = aiodocker.Docker(url=url, connector=tcp, session=session)

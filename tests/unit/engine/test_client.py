@@ -47,3 +47,27 @@ async def test_an_unreadable_event_is_skipped_and_counted_not_fatal(tmp_path: Pa
     assert [e["Action"] for e in got] == ["start", "die"]
     assert engine.bad_events == 2
     assert [e["count"] for e in logs if e["event"] == "engine_event_unreadable"] == [1, 2]
+
+
+async def test_the_api_pool_is_bounded_where_log_streams_do_not_use_it() -> None:
+    """Over a unix socket and plain TCP, log streams have sockets of their own: the pool
+    carries API calls only, bounded, idle connections closed soon (1,000 containers
+    starting inspected at once left 814 sockets open). Over TLS it is not bounded: every
+    log stream is in it."""
+    from agent.engine.client import API_CONNECTIONS, API_KEEPALIVE_SECONDS, _client
+    from agent.engine.tls import TlsConfig
+
+    plain = TlsConfig(verify=False, ca_file=None, cert_file=None, key_file=None)
+    for host, tls, limit in (
+        ("unix:///nowhere.sock", plain, API_CONNECTIONS),
+        ("tcp://127.0.0.1:2375", plain, API_CONNECTIONS),
+        ("tcp://127.0.0.1:2376", TlsConfig(verify=True, ca_file=None), 0),
+    ):
+        docker = _client(host, tls)
+        try:
+            connector = docker.session.connector
+            assert connector is not None
+            assert connector.limit == limit, host
+            assert connector._keepalive_timeout == API_KEEPALIVE_SECONDS
+        finally:
+            await docker.close()
