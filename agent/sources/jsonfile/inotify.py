@@ -51,41 +51,18 @@ WAKE_LINGER_SECONDS = 0.05
 TICK_SECONDS = 1.0
 
 
-class Inotify:
-    """One inotify descriptor and the thread that reads it, shared by a source's readers.
-
-    Handlers run in that thread, in event order, so that a rotated file is opened within
-    about one GIL switch interval (5 ms) of its creation even while the event loop is busy
-    for longer (decoding a chunk, an exporter encoding a batch): a file that is open cannot
-    be rotated away. The thread is the only reader of the descriptor; ``call`` runs a
-    function in it (between two batches of events) and returns its result to the loop.
-    ``mask`` has ``IN_Q_OVERFLOW`` when the kernel's queue overflowed (events were lost).
-    """
+class _Watches:
+    """One inotify descriptor and its watches' handlers (``lock`` guards them: the
+    watcher thread and the loop both add and remove). ``drain`` reads every queued event
+    and calls its watch's handler; ``mask`` has ``IN_Q_OVERFLOW`` when the kernel's queue
+    overflowed (events were lost: every handler is called)."""
 
     def __init__(self) -> None:
         self._inotify = INotify(nonblocking=True)  # OSError (EMFILE) when none is left
         self.fd = self._inotify.fileno()
-        self.loop = asyncio.get_running_loop()
-        try:
-            self.files = FileWatches(self.loop)
-        except OSError:
-            self._inotify.close()
-            raise
         self.handlers: dict[int, Handler] = {}
         self.lock = threading.Lock()  # guards ``handlers``
-        self.users = 0
         self.overflows = 0
-        self.dirty: set[Any] = set()  # readers whose directory changed: scan after the batch
-        self._calls: collections.deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
-            collections.deque()
-        )
-        self._wakes: list[asyncio.Event] = []  # readers to wake (watcher thread only)
-        self.sleepers: dict[asyncio.Event, float] = {}  # wake at that time (under ``lock``)
-        self._wakes_since = 0.0
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="inotify", daemon=True)
-        self._thread.start()
 
     def add(self, path: str, mask: int, handler: Handler) -> int:
         with self.lock:
@@ -102,6 +79,74 @@ class Inotify:
                 del self.handlers[wd]
                 with contextlib.suppress(OSError):  # EINVAL if a one-shot fired: fine
                     self._inotify.rm_watch(wd)
+
+    def remove_all(self, handler: Handler) -> None:
+        with self.lock:
+            mine = [wd for wd, h in self.handlers.items() if h == handler]
+        for wd in mine:
+            self.remove(wd, handler)
+
+    def drain(self) -> None:
+        """Reads and dispatches every queued event."""
+        while True:
+            try:
+                events = self._inotify.read(timeout=0)
+            except OSError:
+                return
+            if not events:
+                return
+            for wd, mask, _cookie, name in events:
+                if mask & IN_Q_OVERFLOW:
+                    self.overflows += 1
+                    with self.lock:
+                        handlers = list(self.handlers.values())
+                else:
+                    with self.lock:
+                        handler = self.handlers.get(wd)
+                        if mask & IN_IGNORED:
+                            self.handlers.pop(wd, None)
+                    handlers = [handler] if handler is not None else []
+                for handler in handlers:
+                    try:
+                        handler(mask, name)
+                    except Exception as exc:  # one reader's handler must not stop the rest
+                        log.warning("inotify_handler_failed", error=repr(exc))
+
+    def _close_descriptor(self) -> None:
+        with contextlib.suppress(OSError):
+            self._inotify.close()
+        self.handlers.clear()
+
+
+class Inotify(_Watches):
+    """One inotify descriptor and the thread that reads it, shared by a source's readers.
+
+    Handlers run in that thread, in event order, so that a rotated file is opened within
+    about one GIL switch interval (5 ms) of its creation even while the event loop is busy
+    for longer (decoding a chunk, an exporter encoding a batch): a file that is open cannot
+    be rotated away. The thread is the only reader of the descriptor; ``call`` runs a
+    function in it (between two batches of events) and returns its result to the loop.
+    ``mask`` has ``IN_Q_OVERFLOW`` when the kernel's queue overflowed (events were lost).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.get_running_loop()
+        try:
+            self.files = FileWatches(self.loop)
+        except OSError:
+            self._inotify.close()
+            raise
+        self.users = 0
+        self.dirty: set[Any] = set()  # readers whose directory changed: scan after the batch
+        self._calls: collections.deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
+            collections.deque()
+        )
+        self.sleepers: dict[asyncio.Event, float] = {}  # wake at that time (under ``lock``)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="inotify", daemon=True)
+        self._thread.start()
 
     def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Runs ``fn`` in the watcher thread; the future (on the loop) gets its result."""
@@ -166,79 +211,30 @@ class Inotify:
                 else:
                     self.to_loop(_set_result, fut, result)
 
-    def drain(self) -> None:
-        """Reads and dispatches every queued event (in the watcher thread only)."""
-        while True:
-            try:
-                events = self._inotify.read(timeout=0)
-            except OSError:
-                return
-            if not events:
-                return
-            for wd, mask, _cookie, name in events:
-                if mask & IN_Q_OVERFLOW:
-                    self.overflows += 1
-                    with self.lock:
-                        handlers = list(self.handlers.values())
-                else:
-                    with self.lock:
-                        handler = self.handlers.get(wd)
-                        if mask & IN_IGNORED:
-                            self.handlers.pop(wd, None)
-                    handlers = [handler] if handler is not None else []
-                for handler in handlers:
-                    try:
-                        handler(mask, name)
-                    except Exception as exc:  # never end the thread over one reader
-                        log.warning("inotify_handler_failed", error=repr(exc))
-
     def close(self) -> None:
         self.files.close()
         self._stopping = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"s")
         self._thread.join(timeout=5)
-        with contextlib.suppress(OSError):
-            self._inotify.close()
+        self._close_descriptor()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        self.handlers.clear()
 
 
-class FileWatches:
+class FileWatches(_Watches):
     """One-shot ``IN_MODIFY`` watches on the files being read, their descriptor read on
     the event loop: a handler runs there (it wakes a reader). After a read the descriptor
     is left alone for ``WAKE_LINGER_SECONDS``, so that the events of that time are read,
     and their readers woken, together."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._inotify = INotify(nonblocking=True)
-        self.fd = self._inotify.fileno()
+        super().__init__()
         self.loop = loop
-        self.handlers: dict[int, Handler] = {}
-        self.overflows = 0
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         loop.add_reader(self.fd, self._readable)
-
-    def add(self, path: str, mask: int, handler: Handler) -> int:
-        try:
-            wd = int(self._inotify.add_watch(path, mask))
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, path) from None
-        self.handlers[wd] = handler
-        return wd
-
-    def remove(self, wd: int, handler: Handler) -> None:
-        if self.handlers.get(wd) == handler:  # (bound methods are equal, not identical)
-            del self.handlers[wd]
-            with contextlib.suppress(OSError):  # EINVAL if the one-shot fired: fine
-                self._inotify.rm_watch(wd)
-
-    def remove_all(self, handler: Handler) -> None:
-        for wd in [wd for wd, h in self.handlers.items() if h == handler]:
-            self.remove(wd, handler)
 
     def _readable(self) -> None:
         self.loop.remove_reader(self.fd)
@@ -253,38 +249,13 @@ class FileWatches:
         if not self._closed:
             self.loop.add_reader(self.fd, self._readable)
 
-    def drain(self) -> None:
-        while True:
-            try:
-                events = self._inotify.read(timeout=0)
-            except OSError:
-                return
-            if not events:
-                return
-            for wd, mask, _cookie, name in events:
-                if mask & IN_Q_OVERFLOW:
-                    self.overflows += 1
-                    handlers = list(self.handlers.values())
-                else:
-                    handler = self.handlers.get(wd)
-                    if mask & IN_IGNORED:
-                        self.handlers.pop(wd, None)
-                    handlers = [handler] if handler is not None else []
-                for handler in handlers:
-                    try:
-                        handler(mask, name)
-                    except Exception as exc:  # one reader's handler must not stop the others
-                        log.warning("inotify_handler_failed", error=repr(exc))
-
     def close(self) -> None:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         with contextlib.suppress(Exception):  # the loop may be closed already
             self.loop.remove_reader(self.fd)
-        with contextlib.suppress(OSError):
-            self._inotify.close()
-        self.handlers.clear()
+        self._close_descriptor()
 
 
 def _set_all(events: list[asyncio.Event]) -> None:
