@@ -593,6 +593,23 @@ class RecordTail:
             self._file = None
 
 
+def file_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a child process's stderr file ("" if unreadable)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def check_alive(proc: subprocess.Popen[bytes] | None, what: str, stderr_path: Path) -> None:
+    """Raises RuntimeError, with the end of its stderr, when ``proc`` has exited."""
+    if proc is not None and proc.poll() is not None:
+        raise RuntimeError(
+            f"{what} exited early with code {proc.returncode}:\n{file_tail(stderr_path)}"
+        )
+
+
 class AgentProcess:
     """``container-agent run --config <workdir>/agent.yaml`` writing to a file exporter and
     following only the containers labelled ``ca-bench-run=<run_id>``."""
@@ -633,17 +650,10 @@ class AgentProcess:
             )
 
     def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(
-                f"the agent exited early with code {self.proc.returncode}:\n{self.stderr_tail()}"
-            )
+        check_alive(self.proc, "the agent", self.stderr_path)
 
     def stderr_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return file_tail(self.stderr_path, lines)
 
     async def wait_ready(self, engine: BenchEngine, timeout: float = 60) -> None:
         """Starts a sentinel container (``true``) of this run until its start event shows up

@@ -24,6 +24,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+from bench.common import check_alive, file_tail
+
 PARSERS = """\
 [PARSER]
     Name         docker
@@ -128,17 +130,10 @@ class FluentBit:
             )
 
     def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(
-                f"fluent-bit exited early with code {self.proc.returncode}:\n{self.stderr_tail()}"
-            )
+        check_alive(self.proc, "fluent-bit", self.stderr_path)
 
     def stderr_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return file_tail(self.stderr_path, lines)
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM (Fluent Bit flushes what it holds, within its grace period), then wait."""

@@ -86,6 +86,7 @@ from bench.common import (
     add_quiet_argument,
     add_retries_argument,
     agent_command,
+    check_alive,
     cpu_seconds,
     dockerd_pid,
     fmt,
@@ -562,9 +563,7 @@ class Reader:
             self.fb.check_alive()
             return
         assert self.proc is not None
-        if self.proc.poll() is not None:
-            tail = self.stderr_path.read_text(errors="replace").splitlines()[-20:]
-            raise RuntimeError(f"the agent exited with {self.proc.returncode}:\n" + "\n".join(tail))
+        check_alive(self.proc, "the agent", self.stderr_path)
 
     async def stop(self) -> int | None:
         if self.fb is not None:
