@@ -154,18 +154,16 @@ SWITCH = _SwitchInterval()
 
 
 def render(snap: Snapshot, openmetrics: bool, process: Any) -> bytes:
-    """The exposition of a snapshot: runs in the exporter's build thread."""
+    """The exposition of a snapshot: runs in the exporter's build thread. The
+    per-container families, nearly all of the answer, are written by
+    ``agent.metrics.text``; the agent's own few go through prometheus-client."""
     from prometheus_client import exposition as text_format
     from prometheus_client.openmetrics import exposition as om_format
 
-    from agent.metrics.collectors import agent_families, container_families
+    from agent.metrics.collectors import agent_families
+    from agent.metrics.text import container_text
 
-    metrics = [
-        *container_families(snap.containers),
-        *agent_families(snap.agent),
-        *_listener_families(snap),
-        *process.collect(),
-    ]
-    if openmetrics:
-        return bytes(om_format.generate_latest(_Families(metrics)))
-    return bytes(text_format.generate_latest(_Families(metrics)))
+    containers = container_text(snap.containers, openmetrics).encode()
+    metrics = [*agent_families(snap.agent), *_listener_families(snap), *process.collect()]
+    fmt = om_format if openmetrics else text_format
+    return containers + bytes(fmt.generate_latest(_Families(metrics)))
