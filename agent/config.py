@@ -10,10 +10,10 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
 import exporters
@@ -136,15 +136,6 @@ class AgentConfig(Section):
     )
 
 
-def _exporter_union() -> Any:
-    """A union of every registered exporter's config, told apart by `type`."""
-    exporters.load_all()
-    classes = tuple(cls.config_class for cls in REGISTRY.values())
-    if len(classes) == 1:
-        return classes[0]
-    return Annotated[Union[classes], Field(discriminator="type")]  # noqa: UP007
-
-
 def _default_exporters() -> dict[str, Any]:
     return {
         "records": {"type": "file", "path": "./var/records.ndjson"},
@@ -181,21 +172,21 @@ class Config(Section):
     def _typed_exporters(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value  # the declared type reports the error
-        adapter = TypeAdapter(_exporter_union())
         out = {}
         errors = []
         for name, item in value.items():
             if not isinstance(item, dict) or "type" not in item:
                 errors.append(f"exporters.{name}.type: required (one of {_type_names()})")
                 continue
-            if item["type"] not in REGISTRY:
+            kind = exporters.load(item["type"]) if isinstance(item["type"], str) else None
+            if kind is None:
                 errors.append(
                     f"exporters.{name}.type: unknown exporter type {item['type']!r} "
                     f"(known: {_type_names()})"
                 )
                 continue
             try:
-                out[name] = adapter.validate_python(item)
+                out[name] = kind.config_class.model_validate(item)
             except ValidationError as exc:
                 errors.extend(_format_errors(exc, prefix=f"exporters.{name}"))
         errors += _shared_paths(out)
@@ -226,16 +217,14 @@ def _shared_paths(exporters: dict[str, Any]) -> list[str]:
 
 
 def _type_names() -> str:
-    return ", ".join(sorted(REGISTRY))
+    return ", ".join(exporters.names())
 
 
 def _format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
     out = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        # Drop the discriminator's tag from the location: users never wrote it.
-        parts = [p for p in loc.split(".") if p not in REGISTRY]
-        key = ".".join(x for x in [prefix, *parts] if x)
+        key = ".".join(x for x in [prefix, loc] if x)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

@@ -40,7 +40,7 @@ from agent.sources.jsonfile.source import JsonFileLogSource
 from agent.speedups import speedups
 from agent.state import AgentState
 from agent.supervisor import Supervisor
-from exporters.base import REGISTRY, ExporterConfig
+from exporters.base import ExporterConfig
 
 log = structlog.get_logger("agent.runtime")
 
@@ -131,7 +131,9 @@ class Runtime:
         """The exporter ``name`` with its runner (and its disk buffer unless ``buffer`` is
         False: a reload that keeps the running one), bound to the agent's state."""
         disk = self.make_buffer(name, ec) if buffer and ec.buffer.type == "disk" else None
-        runner = ExporterRunner(REGISTRY[ec.type](name, ec), ec, self._backoff(), disk)
+        cls = exporters.load(ec.type)
+        assert cls is not None, ec.type  # the config's validation loaded it
+        runner = ExporterRunner(cls(name, ec), ec, self._backoff(), disk)
         runner.exporter.place(Path(self.config.state_dir))
         if self.state is not None:
             runner.exporter.bind(self.state)
@@ -308,7 +310,6 @@ class Runtime:
         """Wires the parts: exporters behind the pipeline, the log sources and their
         readers, discovery, checkpoints (loaded), stats, and the state the exporters see."""
         cfg = self.config
-        exporters.load_all()
         runners = [self.make_runner(name, ec) for name, ec in cfg.exporters.items()]
         self.pipeline = Pipeline(runners)
         backoff = self._backoff()

@@ -40,6 +40,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from agent import load_deferred_ca
 from agent.record import Record
 from agent.retry import Backoff
 from agent.secrets import Scrubber
@@ -130,7 +131,11 @@ class HttpExporter(Exporter):
     async def start(self) -> None:
         headers, scrub = build_headers(self.config, self.name, self.encoder.content_type)
         self.sender.scrub = scrub
-        connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=4)
+        context = self._ssl()
+        if context is True:
+            # aiohttp's own verifying context: a redirect to https would use it
+            await asyncio.to_thread(load_deferred_ca)
+        connector = aiohttp.TCPConnector(ssl=context, limit=4)
         self.sender.session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.config.timeout_seconds),

@@ -1,0 +1,78 @@
+"""What a start costs: the agent imports the exporters its config names and no other, and
+aiohttp's default TLS context is made without the CA store until an exporter that could
+use it starts. Each case runs in a fresh interpreter, as an agent's start does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def run(code: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_only_the_configured_exporters_are_imported() -> None:
+    out = run(
+        """
+        import sys
+        from agent.config import parse
+        parse({"exporters": {"out": {"type": "file", "path": "/tmp/x.ndjson"}}})
+        print(sorted(m for m in sys.modules if m.split(".")[0] == "exporters"))
+        parse({"exporters": {"h": {"type": "http", "url": "http://127.0.0.1:1/"}}})
+        print("exporters.http" in sys.modules, "exporters.prometheus" in sys.modules)
+        """
+    )
+    first, second = out.splitlines()
+    assert "'exporters.file'" in first
+    assert "exporters.http" not in first and "exporters.prometheus" not in first
+    assert second == "True False"
+
+
+def test_an_unknown_type_names_every_type_there_is() -> None:
+    from agent.config import ConfigError, parse
+
+    with pytest.raises(ConfigError) as err:
+        parse({"exporters": {"x": {"type": "kafka"}}})
+    assert "unknown exporter type 'kafka' (known: file, http, prometheus)" in str(err.value)
+
+
+def test_each_exporter_module_registers_the_type_it_is_named_after() -> None:
+    import exporters
+
+    for name in exporters.names():
+        cls = exporters.load(name)
+        assert cls is not None and cls.type_name == name
+    assert exporters.load("nothing") is None
+
+
+def test_aiohttp_default_context_gets_the_ca_store_only_when_asked() -> None:
+    out = run(
+        """
+        import ssl
+        real = ssl.create_default_context
+        import agent.cli  # imports aiohttp the way the agent starts
+        import aiohttp.connector
+        from agent import load_deferred_ca
+        assert ssl.create_default_context is real  # put back
+        ctx = aiohttp.connector._SSL_CONTEXT_VERIFIED
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        print(ctx.cert_store_stats()["x509_ca"])
+        load_deferred_ca()
+        print(ctx.cert_store_stats()["x509_ca"], real().cert_store_stats()["x509_ca"])
+        """
+    )
+    before, after = out.splitlines()
+    assert before == "0"
+    loaded, system = after.split()
+    assert loaded == system  # the whole store, as create_default_context reads it
