@@ -35,7 +35,7 @@ class FileConfig(ExporterConfig):
     )
     fsync: bool = Field(False, description="fsync after every batch (durable, slower).")
     linger_seconds: float = Field(
-        0.1,
+        0.25,
         ge=0,
         le=10,
         description="While records come slowly, at most one write per this long: after a "
