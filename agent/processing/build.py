@@ -20,11 +20,6 @@ import structlog
 from agent.positions import Position
 from agent.processing.chain import Chain, ChainDriver, Send, Stage
 from agent.processing.config import ProcessingConfig
-from agent.processing.filter import Filter
-from agent.processing.limit import RateLimit
-from agent.processing.multiline import Multiline
-from agent.processing.parse import Parse
-from agent.processing.redact import Redact
 from agent.processing.resolve import Problem, Resolved, resolve
 from agent.record import ContainerMeta
 
@@ -37,21 +32,33 @@ def build(
     meta: ContainerMeta,
     counters: Counter[str] | None = None,
 ) -> Chain:
-    """The chain of stages ``settings`` ask for (an empty one when they ask for none)."""
+    """The chain of stages ``settings`` ask for (an empty one when they ask for none).
+    A stage's module is imported when a chain first needs it: an agent that processes
+    nothing never loads the presets' patterns."""
     counters = counters if counters is not None else Counter()
     stages: list[Stage] = []
     if settings.multiline is not None:
+        from agent.processing.multiline import Multiline
+
         stages.append(Multiline(settings.multiline, counters=counters))
     parser = settings.parser
     if parser is not None or settings.detect_level:
+        from agent.processing.parse import Parse
+
         stages.append(Parse(parser, counters))
     if settings.include or settings.exclude:
+        from agent.processing.filter import Filter
+
         stages.append(Filter(settings.include, settings.exclude, counters))
     limit = None
     if settings.rate_limit is not None:
+        from agent.processing.limit import RateLimit
+
         limit = RateLimit(settings.rate_limit, meta, counters)
         stages.append(limit)
     if settings.redact:
+        from agent.processing.redact import Redact
+
         always = parser is not None and (parser.type == "regex" or not parser.keep_message)
         stages.append(Redact(settings.redact, config.redactions, counters, always))
     chain = Chain(stages, counters)

@@ -76,3 +76,22 @@ def test_aiohttp_default_context_gets_the_ca_store_only_when_asked() -> None:
     assert before == "0"
     loaded, system = after.split()
     assert loaded == system  # the whole store, as create_default_context reads it
+
+
+def test_processing_stages_are_imported_only_when_a_chain_needs_them() -> None:
+    out = run(
+        """
+        import sys
+        import agent.runtime
+        from agent.processing.build import Processing
+        from agent.processing.config import ProcessingConfig
+        from agent.record import ContainerMeta
+        stages = ("multiline", "parse", "filter", "limit", "redact")
+        loaded = lambda: [s for s in stages if f"agent.processing.{s}" in sys.modules]
+        print(loaded())
+        p = Processing(ProcessingConfig.model_validate({"multiline": "java"}))
+        assert p.chain(ContainerMeta("c1", "/a", "busybox", {}, "h")) is not None
+        print(loaded())
+        """
+    )
+    assert out.splitlines() == ["[]", "['multiline']"]
