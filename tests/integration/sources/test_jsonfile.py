@@ -208,8 +208,16 @@ def _unix(ts: str) -> float:
     return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + float("0." + frac)
 
 
-async def test_latency_from_write_to_record(start_agent, containers, containers_dir) -> None:
-    agent = await start_agent(logs={"source": "files", "containers_dir": containers_dir})
+async def test_latency_from_write_to_record(
+    start_agent, containers, containers_dir, tmp_path
+) -> None:
+    """The reader's own latency: the file exporter writes each batch as it comes (its
+    linger, 0.25 s by default, would add up to that much)."""
+    records = {"type": "file", "path": str(tmp_path / "records-0.ndjson"), "linger_seconds": 0}
+    agent = await start_agent(
+        logs={"source": "files", "containers_dir": containers_dir},
+        exporters={"records": records},
+    )
     cid = await containers.run(
         'i=0; while [ $i -lt 10 ]; do echo "tick $i"; i=$((i+1)); sleep 0.2; done'
     )
