@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.positions import Position, advance
 from agent.processing.config import CustomRedaction, ParserConfig
@@ -147,3 +149,74 @@ def test_key_named_secrets_in_fields() -> None:
         "aws_secret_access_key": MASK,
         "other": "fine",
     }
+
+
+# Lines a batch may hold: each preset's secrets, text that only looks like one (a gate
+# passes, the pattern finds nothing), escaped JSON, JSON with fields, non-ASCII, CRs.
+_POOL = [
+    *(text for cases in SECRETS.values() for text, _ in cases),
+    "plain line 42",
+    "",
+    "user@localhost said hi",
+    "see https://example.org/x?a=1",
+    "secret santa",
+    "Bearer",
+    "eyJ alone",
+    "ids 1234567890123 and 1234-5678-9012-3456",
+    '{"level":"info","msg":"c0 xxxx","seq":1000000001}',
+    '{"mail":"x\\u0040y.org","auth":"Bearer s3cr3tT0k"}',
+    '{"url":"postgres://a:b@h/db","n":4111111111111111}',
+    "Kelvin \u212a and \u0130stanbul AUTHORIZATION: Basic Zm9vOmJhcg==",
+    "caf\u00e9 line\r",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(_POOL), min_size=1, max_size=30),
+    st.lists(st.sampled_from(["bearer", "url_password", "aws", "jwt", "card", "email"])),
+    st.booleans(),
+)
+def test_a_batch_is_redacted_as_its_lines_one_by_one(
+    lines: list[str], presets: list[str], parsed: bool
+) -> None:
+    """The batch's one look (``Redactor.candidates`` on its joined messages) changes
+    nothing: each record comes out as it does alone, counters equal."""
+    parse = Parse(ParserConfig(type="json"))
+
+    def made() -> list[Record]:
+        rs = records(lines)
+        return parse.process(rs) if parsed else rs
+
+    batch_counters: Counter[str] = Counter()
+    one_counters: Counter[str] = Counter()
+    together = Redact(presets, counters=batch_counters).process(made())
+    alone_stage = Redact(presets, counters=one_counters)
+    alone = [alone_stage.process([r])[0] for r in made()]
+    assert [r.json() for r in together] == [r.json() for r in alone]
+    assert batch_counters == one_counters
+
+
+def test_a_batch_with_nothing_to_mask_is_left_alone() -> None:
+    rs = records(['{"level":"info","msg":"c0 xxxx","seq":1000000001}', "plain 42"])
+    encoded = [r.json() for r in rs]
+    out = Redact(["bearer", "url_password", "aws", "jwt", "card", "email"]).process(rs)
+    assert out is rs and [r._json for r in out] == encoded
+    assert [r.extra for r in out] == [None, None]
+
+
+def test_candidates_are_the_presets_whose_gate_passes() -> None:
+    r = Redactor(["email", "card", "bearer"])
+    assert r.candidates("nothing") == ()
+    assert r.candidates("a@b.io and 4111 1111 1111 1111, Bearer x") == ("bearer", "card", "email")
+    assert r.candidates("a@b.io\n4111 1111 1111 1111") == ("card", "email")
+    # a card's digits split over two lines of a batch are not a card number
+    assert r.candidates("4111 1111 1111\n1111") == ()
+    assert r.candidates("x", presets=("email",)) == ()
+
+
+def test_escapes_are_looked_through_in_a_batch_with_nothing_else() -> None:
+    rs = records(['{"mail":"x\\u0040y.org"}', "plain"])
+    out = Redact(["email"], counters=(c := Counter())).process(rs)
+    assert b"x@y.org" not in out[0].json() and out[0].fields == {"mail": MASK}
+    assert out[1].extra is None and c == Counter({"redacted.email": 1})
