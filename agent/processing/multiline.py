@@ -66,10 +66,14 @@ class Rules:
         start: list[Rule],
         states: dict[str, list[Rule]],
         quick: Callable[[str], bool] | None = None,
+        sweep: Callable[[str], bool] | None = None,
     ) -> None:
         self.start = start
         self.states = states
         self.quick = quick  # a cheap test a start line must pass before the rules run
+        # ``quick`` for a whole batch: given its messages joined with "\n", with "\n"
+        # before the first and after the last, False only when no line passes ``quick``.
+        self.sweep = sweep
 
     def begin(self, text: str) -> str | None:
         """The state a group opened by this line is in; None: the line stands alone."""
@@ -122,6 +126,7 @@ _PY_STATES: dict[str, list[Rule]] = {
 
 _GO_FIRST = _m(r"panic: |fatal error: |goroutine \d+ \[|SIG[A-Z]+: |unexpected fault")
 _GO_START = ("panic: ", "fatal error: ", "goroutine ", "SIG", "unexpected fault address")
+_GO_LINE_START = tuple("\n" + p for p in _GO_START)
 _GO_CONT: list[Rule] = [
     (_m(r"\s*$"), "go", True),  # confirmed by the next goroutine (or frame)
     (_m(r"goroutine \d+ \["), "go", False),
@@ -150,20 +155,31 @@ _NODE_STATES: dict[str, list[Rule]] = {
 }
 
 
+def _java_quick(text: str) -> bool:
+    return "Exception" in text or "Error" in text or "Throwable" in text
+
+
 def _preset(name: str) -> Rules:
     if name == "java":
         return Rules(
             [(_JAVA_START, "java", False)],
             {"java": _JAVA_CONT},
-            quick=lambda t: "Exception" in t or "Error" in t or "Throwable" in t,
+            quick=_java_quick,
+            sweep=_java_quick,  # substrings: found in the joined lines iff in one of them
         )
     if name == "python":
-        return Rules(_PY_START, _PY_STATES, quick=lambda t: t[:1] in " \tT")
+        return Rules(
+            _PY_START,
+            _PY_STATES,
+            quick=lambda t: t[:1] in " \tT",  # (an empty line passes too)
+            sweep=lambda j: "\n " in j or "\n\t" in j or "\nT" in j or "\n\n" in j,
+        )
     if name == "go":
         return Rules(
             [(_GO_FIRST, "go", False)],
             {"go": _GO_CONT},
             quick=lambda t: t.startswith(_GO_START),
+            sweep=lambda j: any(p in j for p in _GO_LINE_START),
         )
     if name == "node":
         return Rules(
@@ -270,10 +286,16 @@ class Multiline:
         return min(g.since for g in self.groups.values()) + self.timeout
 
     def process(self, batch: list[Record]) -> list[Record]:
-        now = self.clock()
-        out: list[Record] = []
         groups = self.groups
         rules = self.rules
+        if not groups and rules.sweep is not None:
+            # No event under way: one look at the whole batch; most have no line that
+            # could open one (nor a CR or colours, which the rules look through).
+            joined = "\n" + "\n".join([r.message or "" for r in batch]) + "\n"
+            if "\r" not in joined and "\x1b" not in joined and not rules.sweep(joined):
+                return batch
+        now = self.clock()
+        out: list[Record] = []
         quick = rules.quick
         begin = rules.begin
         append = out.append

@@ -314,3 +314,59 @@ def test_no_line_lost_or_reordered_and_groups_split_back(
             last = [r for r in recs if r.stream == stream]
             ts = last[-1].timestamp
             assert positions[stream] == Position(ts, sum(r.timestamp == ts for r in last))
+
+
+SWEEP_LINE = st.one_of(
+    LINE,
+    st.sampled_from(
+        [
+            "plain\r",
+            "\x1b[31mjava.lang.IllegalStateException: colour\x1b[0m",
+            "Exce\x1b[0mption in thread main",
+            " indented",
+            "Throwable",
+            "SIGSEGV: segmentation violation",
+            "fatal error: all goroutines are asleep",
+        ]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    preset=st.sampled_from(["python", "java", "go"]),
+    lines=st.lists(SWEEP_LINE, min_size=1, max_size=30),
+    batch=st.integers(1, 30),
+)
+def test_the_batch_sweep_changes_nothing(preset: str, lines: list[str], batch: int) -> None:
+    """A batch let through whole by ``Rules.sweep`` comes out as it does line by line:
+    the sweep passes whenever one of the lines passes ``quick``."""
+    swept = stage(preset)
+    rules = swept.rules
+    assert rules.sweep is not None and rules.quick is not None
+    joined = "\n" + "\n".join(lines) + "\n"
+    assert rules.sweep(joined) or not any(rules.quick(t) for t in lines)
+    plain = stage(preset)
+    plain.rules.sweep = None  # the line-by-line path
+    got = run(swept, records(lines), batch)
+    want = run(plain, records(lines), batch)
+
+    def shape(r: Record) -> tuple[object, ...]:
+        end = r.extra.end if r.extra is not None else None
+        return (r.stream, r.timestamp, r.message, r.lines, r.truncated, end)
+
+    assert [shape(r) for r in got] == [shape(r) for r in want]
+
+
+def test_a_batch_without_an_event_is_let_through_whole() -> None:
+    ml = stage("java")
+    batch = records(["plain one", "GET / 200", "no trace here"])
+    assert ml.process(batch) is batch and ml.settled
+    opened = records(["x", "java.lang.RuntimeException: r", "\tat A.b(A.java:1)"])
+    assert [r.message for r in ml.process(opened)] == ["x"] and not ml.settled
+
+
+def test_the_sweep_looks_through_colours() -> None:
+    ml = stage("java")
+    out = run(ml, records(["Excep\x1b[0mtion in thread main", "\tat A.b(A.java:1)"]), 2)
+    assert [r.lines for r in out] == [2]
