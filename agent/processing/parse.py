@@ -30,7 +30,7 @@ import orjson
 
 from agent.processing.config import ParserConfig
 from agent.processing.span import end_of, extra_of
-from agent.record import format_timestamp_ns, normalize_timestamp
+from agent.record import Extra, format_timestamp_ns, normalize_timestamp
 
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
@@ -64,6 +64,13 @@ _NAMES = {
     "emerg": "fatal",
     "emergency": "fatal",
     "alert": "fatal",
+}
+# A level field's common spellings, straight to their level (``normalise_level`` for any
+# other value): most lines of an application spell theirs one way.
+_SPELLED = {
+    spelling: level
+    for name, level in _NAMES.items()
+    for spelling in (name, name.upper(), name.capitalize())
 }
 _DEFAULT_LEVEL_FIELDS = ("level", "lvl", "severity", "loglevel", "log.level")
 _DEFAULT_MESSAGE_FIELDS = ("message", "msg")
@@ -221,6 +228,9 @@ class Parse:
     def process(self, batch: list[Any]) -> list[Any]:
         parse = self._parse
         from_text = self.from_text
+        # (name, dotted): a dotted name is also looked up as a path of nested objects
+        level_fields = [(name, "." in name) for name in self.level_fields]
+        spelled = _SPELLED
         parsed = unparsed = bad_time = 0
         for r in batch:
             message = r.message or ""
@@ -235,12 +245,18 @@ class Parse:
                         extra_of(r).level = level
                 continue
             parsed += 1
-            extra = extra_of(r)
+            extra = r.extra
+            if extra is None:
+                extra = r.extra = Extra()
             level = None
-            for name in self.level_fields:
-                value = _lookup(fields, name)
+            for name, dotted in level_fields:
+                value = fields.get(name)
+                if value is None and dotted:
+                    value = _lookup(fields, name)
                 if value is not None:
-                    level = normalise_level(value)
+                    level = spelled.get(value) if type(value) is str else None
+                    if level is None:
+                        level = normalise_level(value)
                     break
             if level is None and from_text:
                 level = level_from_text(text)

@@ -66,6 +66,34 @@ def test_level_field_choice_nested_and_numbers() -> None:
 
 
 @pytest.mark.parametrize(
+    "value",
+    [
+        "warn",
+        "WARN",
+        "Warn",
+        " warn ",
+        "wArN",
+        "Information",
+        "CRIT",
+        30,
+        30.0,
+        True,
+        None,
+        "chatty",
+        "",
+        [1],
+        {"a": 1},
+    ],
+)
+def test_a_level_fields_value_as_normalise_level_says(value: object) -> None:
+    """The parser's table of common spellings agrees with ``normalise_level``, and a
+    field that is null falls through to the next level field."""
+    (r,), _ = parse("json", [orjson.dumps({"level": value, "lvl": "debug"}).decode()])
+    want = normalise_level(value) if value is not None else "debug"
+    assert r.level == want
+
+
+@pytest.mark.parametrize(
     ("text", "level"),
     [
         ("ERROR something broke", "error"),
