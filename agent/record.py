@@ -268,13 +268,14 @@ class Record:
             message = self.message or ""
             extra = self.extra
             if extra is not None and extra.shown:
+                # The keys from "message" on are one object's, in the order written: one
+                # orjson call (its opening brace left out) instead of one per value.
                 return b"".join(
                     (
                         prefix,
                         self.timestamp.encode(),
-                        b'","message":',
-                        _dumps(message),
-                        *_extra_tail(message, self.truncated, extra),
+                        b'",',
+                        _dumps(_extra_keys(message, self.truncated, extra))[1:],
                     )
                 )
             tail = b"}"
@@ -313,24 +314,19 @@ class Record:
         return f"Record({self.json().decode()})"
 
 
-_LEVEL_TAILS: dict[str, bytes] = {}
-
-
-def _extra_tail(message: str, truncated: bool, extra: Extra) -> tuple[bytes, ...]:
-    """The keys after ``message`` of a log record with processing results."""
+def _extra_keys(message: str, truncated: bool, extra: Extra) -> dict[str, Any]:
+    """The keys from ``message`` on of a log record with processing results."""
+    out: dict[str, Any] = {"message": message}
+    if truncated:
+        out["truncated"] = True
     fields = extra.fields if extra.fields is not None else _json_fields(message)
-    level = extra.level
-    head = b',"truncated":true' if truncated else b""
     if fields is not None:
-        head += b',"fields":' + _dumps(fields)
-    tail = b"}"
-    if level is not None:
-        tail = _LEVEL_TAILS.get(level) or _LEVEL_TAILS.setdefault(
-            level, b',"level":' + _dumps(level) + b"}"
-        )
+        out["fields"] = fields
+    if extra.level is not None:
+        out["level"] = extra.level
     if extra.lines != 1:
-        tail = tail[:-1] + b',"lines":%d}' % extra.lines
-    return (head, tail)
+        out["lines"] = extra.lines
+    return out
 
 
 def _json_fields(message: str | None) -> dict[str, Any] | None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.record import (
     ContainerMeta,
+    Extra,
     Record,
     encode_ndjson,
     format_timestamp_ns,
@@ -158,3 +161,46 @@ def test_c_encoder_writes_the_python_bytes(seed: int) -> None:
         except orjson.JSONEncodeError:
             continue
         raise AssertionError(f"{encode} encoded a lone surrogate")
+
+
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    message=st.one_of(st.text(max_size=40), st.just('{"a":1,"b":"\\u0040"}'), st.just("{x}")),
+    truncated=st.booleans(),
+    fields=st.none() | st.dictionaries(st.text(max_size=6), JSON_VALUE, max_size=4),
+    level=st.sampled_from([None, "debug", "info", "warning", "error", "fatal"]),
+    lines=st.integers(1, 4),
+)
+def test_processed_records_keep_their_bytes(
+    message: str, truncated: bool, fields: dict | None, level: str | None, lines: int
+) -> None:
+    """A record with processing results: the keys after the stamp, each value encoded on
+    its own and joined in the documented order (how they were written before one orjson
+    call wrote them all)."""
+    r = Record.log("2026-11-28T10:11:45.000000001Z", meta(), "stderr", message, truncated)
+    extra = r.extra = Extra()
+    extra.fields, extra.level, extra.lines = fields, level, lines
+    if not extra.shown:
+        return
+    derived = None
+    if message[:1] == "{" and message[-1:] == "}":
+        try:
+            derived = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            derived = None
+    shown = fields if fields is not None else derived if isinstance(derived, dict) else None
+    want = orjson.dumps(r.meta.to_dict())[:-1]
+    want = b'{"kind":"log",' + want[1:] + b',"stream":"stderr"'
+    want += b',"timestamp":"2026-11-28T10:11:45.000000001Z","message":' + orjson.dumps(message)
+    want += b',"truncated":true' if truncated else b""
+    want += b',"fields":' + orjson.dumps(shown) if shown is not None else b""
+    want += b',"level":' + orjson.dumps(level) if level is not None else b""
+    want += b',"lines":%d' % lines if lines != 1 else b""
+    assert r.json() == want + b"}"
