@@ -26,6 +26,12 @@
 static PyTypeObject *record_type = NULL;
 static Py_ssize_t off_timestamp = -1, off_meta = -1, off_stream = -1, off_message = -1;
 static Py_ssize_t off_kind = -1, off_truncated = -1, off_json = -1; /* read by encode */
+static Py_ssize_t off_extra = -1;
+/* agent.record.Extra (processing results) and orjson.dumps, when setup() was given them:
+ * then encode_ndjson writes a record's level, fields and line count itself. */
+static PyTypeObject *extra_type = NULL;
+static Py_ssize_t off_extra_level = -1, off_extra_fields = -1, off_extra_lines = -1;
+static PyObject *json_dumps = NULL;
 static PyObject *str_log = NULL, *str_log_prefixes = NULL, *str_json = NULL;
 static Py_ssize_t default_offsets[MAX_SLOTS];
 static PyObject *default_values[MAX_SLOTS];
@@ -67,21 +73,30 @@ clear_setup(void)
         Py_CLEAR(stream_names[i]);
     }
     off_timestamp = off_meta = off_stream = off_message = -1;
-    off_kind = off_truncated = off_json = -1;
+    off_kind = off_truncated = off_json = off_extra = -1;
+    Py_CLEAR(extra_type);
+    Py_CLEAR(json_dumps);
+    off_extra_level = off_extra_fields = off_extra_lines = -1;
 }
 
 PyDoc_STRVAR(setup_doc,
-"setup(record_type, defaults, streams)\n\n"
+"setup(record_type, defaults, streams[, extra_type, dumps])\n\n"
 "Learns the record type's slots. Every slot must be either one of timestamp, meta,\n"
 "stream, message (set per line) or a key of ``defaults`` (the value every log record\n"
-"built here starts with); ``streams`` names the streams of header bytes 0, 1, 2.");
+"built here starts with); ``streams`` names the streams of header bytes 0, 1, 2.\n"
+"``extra_type`` (with slots level, fields, lines) and ``dumps`` (orjson.dumps): the\n"
+"type of a record's ``extra`` slot, whose results encode_ndjson then writes itself.");
 
 static PyObject *
 setup(PyObject *self, PyObject *args)
 {
-    PyObject *type, *defaults, *streams;
-    if (!PyArg_ParseTuple(args, "O!O!O!", &PyType_Type, &type, &PyDict_Type, &defaults,
-                          &PyTuple_Type, &streams)) {
+    PyObject *type, *defaults, *streams, *xtype = NULL, *dumps = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!O!|O!O", &PyType_Type, &type, &PyDict_Type, &defaults,
+                          &PyTuple_Type, &streams, &PyType_Type, &xtype, &dumps)) {
+        return NULL;
+    }
+    if ((xtype == NULL) != (dumps == NULL) || (dumps != NULL && !PyCallable_Check(dumps))) {
+        PyErr_SetString(PyExc_TypeError, "extra_type and a callable dumps go together");
         return NULL;
     }
     if (PyTuple_GET_SIZE(streams) != 3) {
@@ -145,6 +160,9 @@ setup(PyObject *self, PyObject *args)
             else if (strcmp(s, "_json") == 0) {
                 off_json = offset;
             }
+            else if (strcmp(s, "extra") == 0) {
+                off_extra = offset;
+            }
             Py_INCREF(value);
             default_values[n_defaults] = value;
             default_offsets[n_defaults] = offset;
@@ -159,6 +177,27 @@ setup(PyObject *self, PyObject *args)
                         "the record type lacks one of timestamp, meta, stream, message, "
                         "kind, truncated, _json");
         return NULL;
+    }
+    if (xtype != NULL) {
+        PyObject *names[3] = {PyUnicode_FromString("level"), PyUnicode_FromString("fields"),
+                              PyUnicode_FromString("lines")};
+        Py_ssize_t *offs[3] = {&off_extra_level, &off_extra_fields, &off_extra_lines};
+        int bad = off_extra < 0;
+        for (int i = 0; i < 3; i++) {
+            if (!bad && (names[i] == NULL || slot_offset(xtype, names[i], offs[i]) < 0)) {
+                bad = 1;
+            }
+            Py_XDECREF(names[i]);
+        }
+        if (bad) {
+            clear_setup();
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "the record type has no extra slot");
+            }
+            return NULL;
+        }
+        extra_type = (PyTypeObject *)Py_NewRef(xtype);
+        json_dumps = Py_NewRef(dumps);
     }
     Py_INCREF(type);
     record_type = (PyTypeObject *)type;
@@ -430,6 +469,65 @@ out_escaped(Out *o, const unsigned char *p, Py_ssize_t n)
     return 0;
 }
 
+/* After a message's escaped text: the closing quote, then what Record.json() writes after
+ * it for processing results (agent.record._extra_keys: truncated, fields, level, lines),
+ * the closing brace and "\n". */
+static int
+out_extra(Out *o, int truncated, PyObject *fields, PyObject *level, Py_ssize_t lines)
+{
+    if (out_reserve(o, 1 + 17) < 0) {
+        return -1;
+    }
+    out_put(o, "\"", 1);
+    if (truncated) {
+        out_put(o, ",\"truncated\":true", 17);
+    }
+    if (fields != NULL) {
+        PyObject *data = PyObject_CallOneArg(json_dumps, fields);
+        if (data == NULL) {
+            return -1;
+        }
+        if (!PyBytes_Check(data)) {
+            Py_DECREF(data);
+            PyErr_SetString(PyExc_TypeError, "dumps() did not return bytes");
+            return -1;
+        }
+        Py_ssize_t n = PyBytes_GET_SIZE(data);
+        if (out_reserve(o, n + 10) < 0) {
+            Py_DECREF(data);
+            return -1;
+        }
+        out_put(o, ",\"fields\":", 10);
+        out_put(o, PyBytes_AS_STRING(data), n);
+        Py_DECREF(data);
+    }
+    if (level != NULL) { /* ASCII: checked by the caller */
+        Py_ssize_t n = PyUnicode_GET_LENGTH(level);
+        const char *p = (const char *)PyUnicode_1BYTE_DATA(level);
+        if (out_reserve(o, 10) < 0) {
+            return -1;
+        }
+        out_put(o, ",\"level\":\"", 10);
+        if (out_escaped(o, (const unsigned char *)p, n) < 0 || out_reserve(o, 1) < 0) {
+            return -1;
+        }
+        out_put(o, "\"", 1);
+    }
+    if (lines != 1) {
+        char buf[48];
+        int n = snprintf(buf, sizeof buf, ",\"lines\":%zd", lines);
+        if (out_reserve(o, n) < 0) {
+            return -1;
+        }
+        out_put(o, buf, n);
+    }
+    if (out_reserve(o, 2) < 0) {
+        return -1;
+    }
+    out_put(o, "}\n", 2);
+    return 0;
+}
+
 /* The record's JSON the Python way (Record.json(), cached on the record), then "\n". */
 static int
 out_json_method(Out *o, PyObject *r)
@@ -456,10 +554,13 @@ out_json_method(Out *o, PyObject *r)
 
 PyDoc_STRVAR(encode_ndjson_doc,
 "encode_ndjson(records) -> bytes\n\n"
-"agent.record.encode_ndjson: each record's JSON and a newline, the same bytes. A plain\n"
-"log line (not truncated, not a JSON object, its container's prefix for its stream\n"
-"already built) is written here from its prefix, stamp and escaped message, without a\n"
-"bytes object of its own; any other record through Record.json().");
+"agent.record.encode_ndjson: each record's JSON and a newline, the same bytes. A log\n"
+"line whose container's prefix for its stream is already built is written here from\n"
+"its prefix, stamp and escaped message, without a bytes object of its own, when it is\n"
+"plain (not truncated, not a JSON object) or has processing results (Record.extra:\n"
+"truncated, fields, level, lines written here too, fields by orjson.dumps), unless its\n"
+"message is a JSON object the results give no fields for; any other record through\n"
+"Record.json().");
 
 static PyObject *
 encode_ndjson(PyObject *self, PyObject *arg)
@@ -498,7 +599,7 @@ encode_ndjson(PyObject *self, PyObject *arg)
         PyObject *meta = SLOT(r, off_meta), *stream = SLOT(r, off_stream);
         PyObject *message = SLOT(r, off_message);
         if (kind == NULL || ts == NULL || meta == NULL || stream == NULL || message == NULL ||
-            SLOT(r, off_truncated) != Py_False || !PyUnicode_CheckExact(message) ||
+            !PyUnicode_CheckExact(message) ||
             !PyUnicode_CheckExact(ts) || !PyUnicode_IS_ASCII(ts) ||
             !PyUnicode_CheckExact(stream)) {
             goto general;
@@ -506,8 +607,47 @@ encode_ndjson(PyObject *self, PyObject *arg)
         if (kind != str_log && (!PyUnicode_Check(kind) || PyUnicode_Compare(kind, str_log) != 0)) {
             goto general;
         }
+        /* Processing results (agent.record.Extra): level, fields, lines, when shown. */
+        PyObject *level = NULL, *fields = NULL;
+        Py_ssize_t lines = 1;
+        PyObject *extra = off_extra >= 0 ? SLOT(r, off_extra) : NULL;
+        if (extra != NULL && extra != Py_None) {
+            if (extra_type == NULL || Py_TYPE(extra) != extra_type) {
+                goto general;
+            }
+            level = SLOT(extra, off_extra_level);
+            fields = SLOT(extra, off_extra_fields);
+            PyObject *n = SLOT(extra, off_extra_lines);
+            if (level == NULL || fields == NULL || n == NULL || !PyLong_CheckExact(n)) {
+                goto general;
+            }
+            lines = PyLong_AsSsize_t(n);
+            if (lines == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                goto general;
+            }
+            if (level == Py_None) {
+                level = NULL;
+            }
+            else if (!PyUnicode_CheckExact(level) || !PyUnicode_IS_ASCII(level)) {
+                goto general; /* (the normalised levels are ASCII) */
+            }
+            if (fields == Py_None) {
+                fields = NULL;
+            }
+            if (level == NULL && fields == NULL && lines == 1) {
+                extra = NULL; /* nothing shown: a plain line */
+            }
+        }
+        else {
+            extra = NULL;
+        }
+        PyObject *truncated = SLOT(r, off_truncated);
+        if (truncated != Py_False && (extra == NULL || truncated != Py_True)) {
+            goto general;
+        }
         Py_ssize_t mlen = PyUnicode_GET_LENGTH(message);
-        if (mlen > 0 && PyUnicode_READ_CHAR(message, 0) == '{' &&
+        if (fields == NULL && mlen > 0 && PyUnicode_READ_CHAR(message, 0) == '{' &&
             PyUnicode_READ_CHAR(message, mlen - 1) == '}') {
             goto general; /* maybe a JSON object: its fields, the Python way */
         }
@@ -554,6 +694,12 @@ encode_ndjson(PyObject *self, PyObject *arg)
             if (rc < 0) {
                 goto fail;
             }
+        }
+        if (extra != NULL) {
+            if (out_extra(&o, truncated == Py_True, fields, level, lines) < 0) {
+                goto fail;
+            }
+            continue;
         }
         if (out_reserve(&o, 3) < 0) {
             goto fail;

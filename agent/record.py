@@ -158,9 +158,8 @@ class Record:
 
     ``timestamp`` is the engine's RFC 3339 stamp with nanoseconds, kept as the engine
     wrote it: it orders records and is the resume position after a reconnect.
-    ``extra`` holds what processing stages added (``Extra``), else None. A record whose
-    ``extra`` is ``shown`` must be encoded (``json()``) before it reaches the C NDJSON
-    encoder, which writes the plain shape only: the processing chain does it.
+    ``extra`` holds what processing stages added (``Extra``), else None; the C NDJSON
+    encoder (agent/_speedups.c) writes it as ``json()`` does.
     """
 
     __slots__ = (

@@ -13,8 +13,10 @@ import os
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
+import orjson
+
 from agent import record
-from agent.record import FRAME_STREAMS, Record
+from agent.record import FRAME_STREAMS, Extra, Record
 
 PURE_ENV = "CONTAINER_AGENT_PURE_PYTHON"
 
@@ -28,7 +30,7 @@ _LOG_DEFAULTS = {
     "stats": None,
     "_json": None,
     "mark": None,
-    "extra": None,  # processing results (the chain encodes records that have some)
+    "extra": None,  # processing results (an Extra: encode_ndjson writes them too)
 }
 
 
@@ -38,7 +40,7 @@ def _load_extension() -> ModuleType | None:
         from agent import _speedups  # type: ignore[attr-defined]
     except ImportError:
         return None
-    _speedups.setup(Record, _LOG_DEFAULTS, FRAME_STREAMS)
+    _speedups.setup(Record, _LOG_DEFAULTS, FRAME_STREAMS, Extra, orjson.dumps)
     return _speedups
 
 

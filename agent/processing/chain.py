@@ -105,9 +105,6 @@ class Chain:
         if not out:
             return out
         for r in out:
-            extra = r.extra
-            if extra is not None and extra.shown and r._json is None:
-                r.json()  # the C encoder writes only the plain shape (Record's docstring)
             if r.mark is not None and r is not last:
                 r.mark = None  # a line held back from an earlier batch: its mark is stale
         mark = last.mark if last is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -204,3 +205,82 @@ def test_processed_records_keep_their_bytes(
     want += b',"level":' + orjson.dumps(level) if level is not None else b""
     want += b',"lines":%d' % lines if lines != 1 else b""
     assert r.json() == want + b"}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.text(max_size=30),
+                st.sampled_from(['{"a":1}', "{not json}", 'é 😀 \u2028 \x00\x1f"\\', "x" * 300]),
+            ),
+            st.booleans(),
+            st.none() | st.dictionaries(st.text(max_size=6), JSON_VALUE, max_size=4),
+            st.sampled_from([None, "info", "error", "fatal", "niveau é"]),
+            st.integers(1, 3) | st.just(2**70),
+            st.sampled_from(["stdout", "stderr"]),
+            st.booleans(),  # an Extra at all
+        ),
+        max_size=12,
+    )
+)
+def test_c_encoder_writes_processed_records_as_python_does(
+    rows: list[tuple[str, bool, dict | None, str | None, int, str, bool]],
+) -> None:
+    """Records with processing results (``Record.extra``), encoded fresh (no cached JSON)
+    by the C encoder and by ``Record.json()``: the same bytes."""
+    from agent.speedups import _load_extension
+
+    ext = _load_extension()
+    assert ext is not None, "agent._speedups is not built"
+    m = meta()
+
+    def made() -> list[Record]:
+        out = []
+        for i, (message, truncated, fields, level, lines, stream, has) in enumerate(rows):
+            r = Record.log(f"2026-11-28T10:11:45.{i:09d}Z", m, stream, message, truncated)
+            if has:
+                extra = r.extra = Extra()
+                extra.fields, extra.level, extra.lines = fields, level, lines
+            out.append(r)
+        return out
+
+    try:
+        want = encode_ndjson(made())
+    except TypeError as e:  # orjson's error (a line count past 64 bits): the same one
+        with pytest.raises(type(e)):
+            ext.encode_ndjson(made())
+        return
+    assert ext.encode_ndjson(made()) == want
+    assert ext.encode_ndjson(made()) == want  # with every prefix built (the C path)
+
+
+def test_c_encoder_writes_processed_records_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.speedups import _load_extension
+
+    ext = _load_extension()
+    assert ext is not None, "agent._speedups is not built"
+    m = meta()
+    Record.log("t", m, "stdout", "x", False).json()  # the stream's prefix, built once
+    recs = []
+    for fields, level, lines, truncated in [
+        ({"a": [1, "é"]}, "info", 1, False),
+        (None, "error", 3, True),
+        ({}, None, 1, False),
+    ]:
+        r = Record.log("2026-11-28T10:11:45.000000001Z", m, "stdout", '{"a":1}', truncated)
+        extra = r.extra = Extra()
+        extra.fields, extra.level, extra.lines = fields, level, lines
+        recs.append(r)
+    recs[1].message = "plain"  # no fields: a JSON message's would be derived in Python
+    want = b"".join(r.json() + b"\n" for r in recs)
+    for r in recs:
+        r._json = None
+
+    def refuse(self: Record) -> bytes:
+        raise AssertionError("Record.json() called")
+
+    monkeypatch.setattr(Record, "json", refuse)
+    assert ext.encode_ndjson(recs) == want
+    assert all(r._json is None for r in recs)
