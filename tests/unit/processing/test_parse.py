@@ -268,3 +268,26 @@ def test_json_parser_takes_objects_only_and_loses_nothing(value: object) -> None
     (r,), c = parse("json", [text])
     assert r.message == text and r.timestamp == stamp(0)
     assert c == Counter({"parsed": 1} if isinstance(value, dict) else {"unparsed": 1})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(
+                ['{"a":1}', '{"a":1}\r', ' {"a":1} ', "{}", "{x}", '{"a":{}}x', "[{}]", "{", "}"]
+            ),
+            st.dictionaries(st.text(max_size=4), st.integers(-(2**63), 2**63 - 1) | st.text()).map(
+                lambda d: orjson.dumps(d).decode()
+            ),
+            st.text(max_size=12),
+        ),
+        max_size=20,
+    )
+)
+def test_the_json_parser_takes_what_parse_json_takes(messages: list[str]) -> None:
+    """Lines that are one object brace to brace take a shorter way: the same fields."""
+    recs, c = parse("json", messages)
+    want = [parse_json(m[:-1] if m[-1:] == "\r" else m) for m in messages]
+    assert [r.extra.fields if r.extra is not None else None for r in recs] == want
+    assert c["parsed"] == sum(w is not None for w in want)
