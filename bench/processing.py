@@ -342,7 +342,7 @@ def micro(lines: int = 200_000, batch: int = 200) -> dict[str, Any]:
         chain = build(resolve(cfg, meta)[0], cfg, meta)
         batches = decoded(kind)
         out["us_per_line"][name] = timed(chain.process, batches)
-        # and the encode of what it made (processed records encode in Python)
+        # and the encode of what it made (the file exporter's encoder, processing results too)
         made = [chain.process(b) for b in decoded(kind)]
         out["us_per_line"][name + ": then encode_ndjson"] = timed(encode_ndjson, made)
     return out
