@@ -43,7 +43,7 @@ Handler = Callable[[int, str], None]
 # descriptor, the loop leaves it this long, so that the modifications of every file written
 # meanwhile are read together (a host of many quiet containers otherwise pays a wake-up per
 # line). Rotations and closes (the watcher thread) are handled at once.
-WAKE_LINGER_SECONDS = 0.05
+WAKE_LINGER_SECONDS = 0.1
 # Readers waiting longer than this for their file (an idle container: until its next
 # liveness look, up to minutes) are woken at their deadline by the watcher thread, which
 # looks this often, rather than by a timer each on the loop: the timers of hundreds of
