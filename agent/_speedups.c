@@ -32,6 +32,11 @@ static Py_ssize_t off_extra = -1;
 static PyTypeObject *extra_type = NULL;
 static Py_ssize_t off_extra_level = -1, off_extra_fields = -1, off_extra_lines = -1;
 static PyObject *json_dumps = NULL;
+/* Every slot of Extra and the value a new one starts with (setup_extra): json_fields
+ * builds one as Extra() does, without the call. */
+static Py_ssize_t extra_default_offsets[MAX_SLOTS];
+static PyObject *extra_default_values[MAX_SLOTS];
+static int n_extra_defaults = 0;
 static PyObject *str_log = NULL, *str_log_prefixes = NULL, *str_json = NULL;
 static Py_ssize_t default_offsets[MAX_SLOTS];
 static PyObject *default_values[MAX_SLOTS];
@@ -76,6 +81,10 @@ clear_setup(void)
     off_kind = off_truncated = off_json = off_extra = -1;
     Py_CLEAR(extra_type);
     Py_CLEAR(json_dumps);
+    for (int i = 0; i < n_extra_defaults; i++) {
+        Py_CLEAR(extra_default_values[i]);
+    }
+    n_extra_defaults = 0;
     off_extra_level = off_extra_fields = off_extra_lines = -1;
 }
 
@@ -722,6 +731,241 @@ fail:
     return NULL;
 }
 
+/* -- the json parser's per-line loop ------------------------------------------------- */
+
+PyDoc_STRVAR(setup_extra_doc,
+"setup_extra(defaults)\n\n"
+"Learns the slots of the extra type given to setup(): every one must be a key of\n"
+"``defaults``, the value a new Extra() holds in it (json_fields builds one so).");
+
+static PyObject *
+setup_extra(PyObject *self, PyObject *defaults)
+{
+    if (!PyDict_Check(defaults)) {
+        PyErr_SetString(PyExc_TypeError, "setup_extra() takes a dict");
+        return NULL;
+    }
+    if (extra_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "setup() was not given an extra type");
+        return NULL;
+    }
+    for (int i = 0; i < n_extra_defaults; i++) {
+        Py_CLEAR(extra_default_values[i]);
+    }
+    n_extra_defaults = 0;
+    PyObject *slots = PyObject_GetAttrString((PyObject *)extra_type, "__slots__");
+    if (slots == NULL) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(slots, "__slots__ is not a sequence");
+    Py_DECREF(slots);
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n != PyDict_GET_SIZE(defaults) || n > MAX_SLOTS) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "defaults: one value per slot of the extra type");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(seq, i);
+        Py_ssize_t offset;
+        PyObject *value = PyUnicode_Check(name) ? PyDict_GetItemWithError(defaults, name) : NULL;
+        if (value == NULL || slot_offset((PyObject *)extra_type, name, &offset) < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_KeyError, "no default for the extra slot %R", name);
+            }
+            for (int j = 0; j < n_extra_defaults; j++) {
+                Py_CLEAR(extra_default_values[j]);
+            }
+            n_extra_defaults = 0;
+            Py_DECREF(seq);
+            return NULL;
+        }
+        extra_default_offsets[n_extra_defaults] = offset;
+        extra_default_values[n_extra_defaults] = Py_NewRef(value);
+        n_extra_defaults++;
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(json_fields_doc,
+"json_fields(batch, loads, error, names, spelled, from_text) -> (rest, parsed)\n\n"
+"The json parser's common line, for each log record of ``batch`` (a list) whose message\n"
+"is one JSON object brace to brace: ``loads(message)`` (``error``: it does not parse)\n"
+"gives a dict; the first of the level field ``names`` present and not null holds a str\n"
+"that ``spelled`` maps to a level (none present: ``from_text(message)``, or None when\n"
+"``from_text`` is None); then the record's extra (made when it has none) gets those\n"
+"fields and that level. Every other record (another message, not a dict, a level value\n"
+"``spelled`` does not know, a dotted name that is not a key) is left untouched and\n"
+"returned in ``rest``, in order, for the caller's general path; ``parsed``: how many\n"
+"were done here.");
+
+static PyObject *
+json_fields(PyObject *self, PyObject *args)
+{
+    PyObject *batch, *loads, *error, *names, *spelled, *from_text;
+    if (!PyArg_ParseTuple(args, "O!OOO!O!O", &PyList_Type, &batch, &loads, &error,
+                          &PyTuple_Type, &names, &PyDict_Type, &spelled, &from_text)) {
+        return NULL;
+    }
+    if (record_type == NULL || extra_type == NULL || off_extra < 0 || n_extra_defaults == 0) {
+        PyErr_SetString(PyExc_RuntimeError, "setup() and setup_extra() were not called");
+        return NULL;
+    }
+    Py_ssize_t n_names = PyTuple_GET_SIZE(names);
+    if (n_names > 16) {
+        PyErr_SetString(PyExc_ValueError, "at most 16 level field names");
+        return NULL;
+    }
+    int dotted[16];
+    for (Py_ssize_t k = 0; k < n_names; k++) {
+        PyObject *name = PyTuple_GET_ITEM(names, k);
+        if (!PyUnicode_CheckExact(name)) {
+            PyErr_SetString(PyExc_TypeError, "level field names are str");
+            return NULL;
+        }
+        Py_ssize_t at = PyUnicode_FindChar(name, '.', 0, PyUnicode_GET_LENGTH(name), 1);
+        if (at == -2) {
+            return NULL;
+        }
+        dotted[k] = at >= 0;
+    }
+    if (from_text == Py_None) {
+        from_text = NULL;
+    }
+    PyObject *rest = PyList_New(0);
+    if (rest == NULL) {
+        return NULL;
+    }
+    Py_ssize_t parsed = 0;
+    /* The list may not change size under us: loads and from_text run no Python code of
+     * the caller's, but a list that did is read by index and checked each time. */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
+        PyObject *r = PyList_GET_ITEM(batch, i);
+        PyObject *fields = NULL, *level = NULL;
+        Py_INCREF(r);
+        if (Py_TYPE(r) != record_type) {
+            goto other;
+        }
+        PyObject *message = SLOT(r, off_message);
+        PyObject *extra = SLOT(r, off_extra);
+        if (message == NULL || !PyUnicode_CheckExact(message) || extra == NULL ||
+            (extra != Py_None && Py_TYPE(extra) != extra_type)) {
+            goto other;
+        }
+        Py_ssize_t mlen = PyUnicode_GET_LENGTH(message);
+        if (mlen == 0 || PyUnicode_READ_CHAR(message, 0) != '{' ||
+            PyUnicode_READ_CHAR(message, mlen - 1) != '}') {
+            goto other;
+        }
+        Py_INCREF(message);
+        fields = PyObject_CallOneArg(loads, message);
+        if (fields == NULL) {
+            Py_DECREF(message);
+            if (!PyErr_ExceptionMatches(error)) {
+                goto fail;
+            }
+            PyErr_Clear();
+            goto other;
+        }
+        if (!PyDict_CheckExact(fields)) {
+            Py_DECREF(message);
+            goto other;
+        }
+        int found = 0;
+        for (Py_ssize_t k = 0; k < n_names; k++) {
+            PyObject *value = PyDict_GetItemWithError(fields, PyTuple_GET_ITEM(names, k));
+            if (value == NULL) {
+                if (PyErr_Occurred()) {
+                    Py_DECREF(message);
+                    goto fail;
+                }
+                if (dotted[k]) {
+                    Py_DECREF(message);
+                    goto other; /* maybe a path of nested objects: the Python way */
+                }
+                continue;
+            }
+            if (value == Py_None) {
+                continue;
+            }
+            if (!PyUnicode_CheckExact(value)) {
+                Py_DECREF(message);
+                goto other;
+            }
+            level = PyDict_GetItemWithError(spelled, value);
+            if (level == NULL) {
+                Py_DECREF(message);
+                if (PyErr_Occurred()) {
+                    goto fail;
+                }
+                goto other;
+            }
+            Py_INCREF(level);
+            found = 1;
+            break;
+        }
+        if (!found) {
+            if (from_text != NULL) {
+                level = PyObject_CallOneArg(from_text, message);
+                if (level == NULL) {
+                    Py_DECREF(message);
+                    goto fail;
+                }
+            }
+            else {
+                level = Py_NewRef(Py_None);
+            }
+        }
+        Py_DECREF(message);
+        extra = SLOT(r, off_extra); /* (from_text ran Python code) */
+        if (extra == NULL || (extra != Py_None && Py_TYPE(extra) != extra_type)) {
+            goto other;
+        }
+        if (extra == Py_None) {
+            extra = extra_type->tp_alloc(extra_type, 0);
+            if (extra == NULL) {
+                goto fail;
+            }
+            for (int d = 0; d < n_extra_defaults; d++) {
+                SLOT(extra, extra_default_offsets[d]) = Py_NewRef(extra_default_values[d]);
+            }
+            SLOT(r, off_extra) = extra;
+            Py_DECREF(Py_None);
+        }
+        PyObject *old = SLOT(extra, off_extra_fields);
+        SLOT(extra, off_extra_fields) = fields;
+        Py_XDECREF(old);
+        old = SLOT(extra, off_extra_level);
+        SLOT(extra, off_extra_level) = level;
+        Py_XDECREF(old);
+        parsed++;
+        Py_DECREF(r);
+        continue;
+    other:
+        Py_XDECREF(fields);
+        Py_XDECREF(level);
+        if (PyList_Append(rest, r) < 0) {
+            Py_DECREF(r);
+            Py_DECREF(rest);
+            return NULL;
+        }
+        Py_DECREF(r);
+        continue;
+    fail:
+        Py_XDECREF(fields);
+        Py_XDECREF(level);
+        Py_DECREF(r);
+        Py_DECREF(rest);
+        return NULL;
+    }
+    PyObject *out = Py_BuildValue("(Nn)", rest, parsed);
+    return out;
+}
+
 /* -- module -------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -729,6 +973,8 @@ static PyMethodDef methods[] = {
     {"bulk_frames", bulk_frames, METH_VARARGS, bulk_frames_doc},
     {"dechunk", dechunk, METH_O, dechunk_doc},
     {"encode_ndjson", encode_ndjson, METH_O, encode_ndjson_doc},
+    {"setup_extra", setup_extra, METH_O, setup_extra_doc},
+    {"json_fields", json_fields, METH_VARARGS, json_fields_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,7 +1,8 @@
 """The optional C extension (agent/_speedups.c), set up for this process, or None.
 
 The extension mirrors the per-line loops of the logs-API read path (de-chunking, frame
-decoding) and of the file exporter (NDJSON encoding); the Python versions stay next to
+decoding), of the file exporter (NDJSON encoding) and of the json parser (a line that is
+one JSON object: its fields and level); the Python versions stay next to
 their callers and are used when the extension was not built (no compiler at
 install time) or when ``CONTAINER_AGENT_PURE_PYTHON=1`` asks for them (benchmarks compare
 both; the unit tests run both).
@@ -32,6 +33,9 @@ _LOG_DEFAULTS = {
     "mark": None,
     "extra": None,  # processing results (an Extra: encode_ndjson writes them too)
 }
+# What a new Extra holds (Extra.__init__): json_fields builds one so, without the call.
+# setup_extra() refuses an Extra slot missing here.
+_EXTRA_DEFAULTS = {"level": None, "fields": None, "lines": 1, "end": None}
 
 
 def _load_extension() -> ModuleType | None:
@@ -41,6 +45,7 @@ def _load_extension() -> ModuleType | None:
     except ImportError:
         return None
     _speedups.setup(Record, _LOG_DEFAULTS, FRAME_STREAMS, Extra, orjson.dumps)
+    _speedups.setup_extra(_EXTRA_DEFAULTS)
     return _speedups
 
 
