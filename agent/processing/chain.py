@@ -167,9 +167,18 @@ class ChainDriver:
                 chain.counters["rate_limit_delay_ms"] += round(wait * 1000)
                 await asyncio.sleep(wait)
 
+    @property
+    def sets_positions(self) -> bool:
+        """Whether the read positions are set here after every send (the chain holds or
+        drops lines): then ``send`` need not advance them, as what it would write is
+        overwritten before any other task runs (every stream of what is sent is one of
+        those the chain took in)."""
+        return self.chain.holds
+
     async def _send(self, out: list[Record]) -> None:
         if out:
-            await self.send(out)  # queues, and advances the read positions to its end
+            await self.send(out)  # queues (and advances the read positions to its end
+            # unless ``sets_positions``)
             advance(self.emitted, out)
         seen = self.chain.seen
         if seen:

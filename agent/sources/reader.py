@@ -65,8 +65,12 @@ class ContainerReader:
 
     async def _emit(self, batch: list[Record]) -> None:
         await self.followers.pipeline_send(batch)
-        # Past this point the batch is queued: advance the resume position.
-        advance(self.followers.positions.setdefault(self.meta.id, {}), batch)
+        # Past this point the batch is queued: advance the resume position (unless the
+        # chain's driver sets it itself right after, with no await between, to every line
+        # the chain took in: then this advance would be overwritten).
+        chain = self.chain
+        if chain is None or not chain.sets_positions:
+            advance(self.followers.positions.setdefault(self.meta.id, {}), batch)
         self.lines += len(batch)
         self.last_timestamp = batch[-1].timestamp
         info = self.followers.inventory.containers.get(self.meta.id)
