@@ -966,6 +966,142 @@ json_fields(PyObject *self, PyObject *args)
     return out;
 }
 
+/* -- the redaction stage's batch gate ------------------------------------------------ */
+
+/* What redact_gate reports, one bit each (agent/processing/redact.py _GATE_BITS). */
+#define GATE_BEARER 1      /* "bearer" or "authorization", any case */
+#define GATE_URL 2         /* "@" and "://" (anywhere in the batch, not one line) */
+#define GATE_AWS 4         /* "secret", any case, or AKIA, ASIA, ABIA, ACCA, A3T */
+#define GATE_JWT 8         /* "eyJ" */
+#define GATE_CARD 16       /* 13 digits in a row, spaces and dashes between */
+#define GATE_EMAIL 32      /* "@" */
+#define GATE_ESCAPED 64    /* a backslash */
+
+static inline int
+ci_equal(const unsigned char *s, const char *word, Py_ssize_t n)
+{
+    for (Py_ssize_t k = 0; k < n; k++) {
+        unsigned char c = s[k];
+        if (c >= 'A' && c <= 'Z') {
+            c += 'a' - 'A';
+        }
+        if (c != (unsigned char)word[k]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(redact_gate_doc,
+"redact_gate(batch) -> int | None\n\n"
+"What the redaction presets' cheap tests (Redactor.candidates) find in the messages of\n"
+"``batch`` (a list of log records; None counts as an empty message), as bits: 1 bearer\n"
+"or authorization (any case), 2 both '@' and '://', 4 secret (any case) or an AWS key id\n"
+"prefix, 8 eyJ, 16 thirteen digits with only spaces or dashes between, 32 '@', 64 a\n"
+"backslash. One pass over the messages, without joining them. None when a message is not\n"
+"an ASCII str (the caller's Python tests then look: lowercasing is Unicode's there).");
+
+static PyObject *
+redact_gate(PyObject *self, PyObject *batch)
+{
+    if (!PyList_Check(batch)) {
+        PyErr_SetString(PyExc_TypeError, "redact_gate() takes a list");
+        return NULL;
+    }
+    if (record_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
+        return NULL;
+    }
+    long found = 0;
+    int at = 0, scheme = 0;
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PyList_GET_ITEM(batch, i);
+        if (Py_TYPE(r) != record_type) {
+            Py_RETURN_NONE;
+        }
+        PyObject *message = SLOT(r, off_message);
+        if (message == Py_None) {
+            continue;
+        }
+        if (message == NULL || !PyUnicode_CheckExact(message) || !PyUnicode_IS_ASCII(message)) {
+            Py_RETURN_NONE;
+        }
+        const unsigned char *s = PyUnicode_1BYTE_DATA(message);
+        Py_ssize_t len = PyUnicode_GET_LENGTH(message);
+        int run = 0; /* digits in a row, spaces and dashes between */
+        for (Py_ssize_t j = 0; j < len; j++) {
+            unsigned char c = s[j];
+            if (c >= '0' && c <= '9') {
+                if (++run >= 13) {
+                    found |= GATE_CARD;
+                }
+                continue;
+            }
+            if (c == ' ' || c == '-') {
+                continue;
+            }
+            run = 0;
+            Py_ssize_t left = len - j;
+            switch (c) {
+            case '@':
+                at = 1;
+                break;
+            case ':':
+                if (left >= 3 && s[j + 1] == '/' && s[j + 2] == '/') {
+                    scheme = 1;
+                }
+                break;
+            case '\\':
+                found |= GATE_ESCAPED;
+                break;
+            case 'e':
+                if (left >= 3 && s[j + 1] == 'y' && s[j + 2] == 'J') {
+                    found |= GATE_JWT;
+                }
+                break;
+            case 'A':
+                if (left >= 4 && s[j + 3] == 'A' &&
+                    ((s[j + 1] == 'K' && s[j + 2] == 'I') || (s[j + 1] == 'S' && s[j + 2] == 'I') ||
+                     (s[j + 1] == 'B' && s[j + 2] == 'I') || (s[j + 1] == 'C' && s[j + 2] == 'C'))) {
+                    found |= GATE_AWS;
+                }
+                else if (left >= 3 && s[j + 1] == '3' && s[j + 2] == 'T') {
+                    found |= GATE_AWS;
+                }
+                /* fall through: "A" also begins "authorization" */
+                __attribute__((fallthrough));
+            case 'a':
+                if (left >= 13 && ci_equal(s + j, "authorization", 13)) {
+                    found |= GATE_BEARER;
+                }
+                break;
+            case 'B':
+            case 'b':
+                if (left >= 6 && ci_equal(s + j, "bearer", 6)) {
+                    found |= GATE_BEARER;
+                }
+                break;
+            case 'S':
+            case 's':
+                if (left >= 6 && ci_equal(s + j, "secret", 6)) {
+                    found |= GATE_AWS;
+                }
+                break;
+            default:
+                break;
+            }
+        }
+    }
+    if (at) {
+        found |= GATE_EMAIL;
+        if (scheme) {
+            found |= GATE_URL;
+        }
+    }
+    return PyLong_FromLong(found);
+}
+
 /* -- module -------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -975,6 +1111,7 @@ static PyMethodDef methods[] = {
     {"encode_ndjson", encode_ndjson, METH_O, encode_ndjson_doc},
     {"setup_extra", setup_extra, METH_O, setup_extra_doc},
     {"json_fields", json_fields, METH_VARARGS, json_fields_doc},
+    {"redact_gate", redact_gate, METH_O, redact_gate_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -35,6 +35,7 @@ from agent.processing.config import CustomRedaction
 from agent.processing.span import extra_of
 from agent.record import Record
 from agent.secrets import MASK
+from agent.speedups import speedups
 
 _AUTHORIZATION = re.compile(
     r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?)"
@@ -127,6 +128,23 @@ _SUBS: dict[str, Callable[[str], tuple[str, int]]] = {
     "card": _card,
     "email": _email,
 }
+
+
+# The C batch gate (agent/_speedups.c ``redact_gate``), when built: the presets' cheap
+# tests on a batch's messages in one pass, without joining them, as these bits (None when
+# a message is not ASCII: then the tests below look at the joined messages).
+_GATE_BITS = {
+    "bearer": 1,
+    "url_password": 2,
+    "aws": 4,
+    "jwt": 8,
+    "card": 16,
+    "email": 32,
+}
+_GATE_ESCAPED = 64
+_redact_gate: Callable[[list[Record]], int | None] | None = (
+    speedups.redact_gate if speedups is not None else None
+)
 
 
 def _custom(c: CustomRedaction) -> Callable[[str], tuple[str, int]]:
@@ -233,6 +251,7 @@ class Redact:
         # named them, or the parser replaced the message: then they are looked at even
         # when the message held nothing to mask.
         self.always_fields = always_fields
+        self._gate = _redact_gate
 
     def deadline(self) -> float | None:
         return None
@@ -244,9 +263,14 @@ class Redact:
         redactor = self.redactor
         # One look at the whole batch first: which presets may find something in any of
         # its messages, and whether any has escapes. Most batches: none, nothing to do.
-        joined = "\n".join([r.message or "" for r in batch])
-        presets = redactor.candidates(joined)
-        any_escaped = "\\" in joined
+        bits = self._gate(batch) if self._gate is not None else None
+        if bits is None:
+            joined = "\n".join([r.message or "" for r in batch])
+            presets = redactor.candidates(joined)
+            any_escaped = "\\" in joined
+        else:
+            presets = tuple(p for p in redactor.presets if bits & _GATE_BITS[p])
+            any_escaped = bool(bits & _GATE_ESCAPED)
         always = self.always_fields
         if not presets and not any_escaped and not always and not redactor.custom:
             return batch
