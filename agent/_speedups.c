@@ -1102,6 +1102,77 @@ redact_gate(PyObject *self, PyObject *batch)
     return PyLong_FromLong(found);
 }
 
+/* -- substrings in a batch's messages ------------------------------------------------ */
+
+PyDoc_STRVAR(find_any_doc,
+"find_any(batch, needles, at_start) -> bool | None\n\n"
+"Whether a message of ``batch`` (a list of log records; None counts as an empty\n"
+"message) holds one of ``needles`` (a tuple of non-empty str), or with ``at_start``\n"
+"begins with one. None when a needle, or a message before one that holds a needle, is\n"
+"not an ASCII str: the caller's Python test then looks.");
+
+#define MAX_NEEDLES 16
+
+static PyObject *
+find_any(PyObject *self, PyObject *args)
+{
+    PyObject *batch, *needles;
+    int at_start;
+    if (!PyArg_ParseTuple(args, "O!O!p", &PyList_Type, &batch, &PyTuple_Type, &needles,
+                          &at_start)) {
+        return NULL;
+    }
+    if (record_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
+        return NULL;
+    }
+    Py_ssize_t k = PyTuple_GET_SIZE(needles);
+    if (k > MAX_NEEDLES) {
+        PyErr_SetString(PyExc_ValueError, "at most 16 needles");
+        return NULL;
+    }
+    const unsigned char *nd[MAX_NEEDLES];
+    Py_ssize_t nlen[MAX_NEEDLES];
+    unsigned char first[256] = {0};
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *s = PyTuple_GET_ITEM(needles, i);
+        if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s) || PyUnicode_GET_LENGTH(s) == 0) {
+            Py_RETURN_NONE;
+        }
+        nd[i] = PyUnicode_1BYTE_DATA(s);
+        nlen[i] = PyUnicode_GET_LENGTH(s);
+        first[nd[i][0]] = 1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *r = PyList_GET_ITEM(batch, i);
+        if (Py_TYPE(r) != record_type) {
+            Py_RETURN_NONE;
+        }
+        PyObject *message = SLOT(r, off_message);
+        if (message == Py_None) {
+            continue;
+        }
+        if (message == NULL || !PyUnicode_CheckExact(message) || !PyUnicode_IS_ASCII(message)) {
+            Py_RETURN_NONE;
+        }
+        const unsigned char *s = PyUnicode_1BYTE_DATA(message);
+        Py_ssize_t len = PyUnicode_GET_LENGTH(message);
+        Py_ssize_t end = at_start ? (len > 0 ? 1 : 0) : len;
+        for (Py_ssize_t j = 0; j < end; j++) {
+            if (!first[s[j]]) {
+                continue;
+            }
+            for (Py_ssize_t m = 0; m < k; m++) {
+                if (nd[m][0] == s[j] && len - j >= nlen[m] && memcmp(s + j, nd[m], nlen[m]) == 0) {
+                    Py_RETURN_TRUE; /* (what the other messages hold does not matter) */
+                }
+            }
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
 /* -- module -------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1112,6 +1183,7 @@ static PyMethodDef methods[] = {
     {"setup_extra", setup_extra, METH_O, setup_extra_doc},
     {"json_fields", json_fields, METH_VARARGS, json_fields_doc},
     {"redact_gate", redact_gate, METH_O, redact_gate_doc},
+    {"find_any", find_any, METH_VARARGS, find_any_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -43,6 +43,13 @@ from typing import Any
 from agent.processing.config import MultilineConfig
 from agent.processing.span import end_of_all
 from agent.record import Extra, Record
+from agent.speedups import speedups
+
+# The C test of a batch (agent/_speedups.c ``find_any``), when built: whether a message
+# holds one of some texts; None when a message is not ASCII.
+_find_any: Callable[[list[Record], tuple[str, ...], bool], bool | None] | None = (
+    speedups.find_any if speedups is not None else None
+)
 
 # A rule: (test of the line's text, next state, tentative).
 Rule = tuple[Callable[[str], Any], str, bool]
@@ -67,6 +74,7 @@ class Rules:
         states: dict[str, list[Rule]],
         quick: Callable[[str], bool] | None = None,
         sweep: Callable[[str], bool] | None = None,
+        needles: tuple[str, ...] = (),
     ) -> None:
         self.start = start
         self.states = states
@@ -74,6 +82,9 @@ class Rules:
         # ``quick`` for a whole batch: given its messages joined with "\n", with "\n"
         # before the first and after the last, False only when no line passes ``quick``.
         self.sweep = sweep
+        # Texts without "\n" such that ``sweep`` passes exactly when a message holds one
+        # (then a C test looks at the messages without joining them); () when unknown.
+        self.needles = needles
 
     def begin(self, text: str) -> str | None:
         """The state a group opened by this line is in; None: the line stands alone."""
@@ -155,8 +166,11 @@ _NODE_STATES: dict[str, list[Rule]] = {
 }
 
 
+_JAVA_NEEDLES = ("Exception", "Error", "Throwable")
+
+
 def _java_quick(text: str) -> bool:
-    return "Exception" in text or "Error" in text or "Throwable" in text
+    return "Exception" in text or "Error" in text or "Throwable" in text  # _JAVA_NEEDLES
 
 
 def _preset(name: str) -> Rules:
@@ -166,6 +180,7 @@ def _preset(name: str) -> Rules:
             {"java": _JAVA_CONT},
             quick=_java_quick,
             sweep=_java_quick,  # substrings: found in the joined lines iff in one of them
+            needles=_JAVA_NEEDLES,
         )
     if name == "python":
         return Rules(
@@ -275,6 +290,9 @@ class Multiline:
         self.timeout = config.flush_timeout_seconds
         self.clock = clock
         self.groups: dict[str | None, _Group] = {}
+        # The batch test in C: the sweep's texts, a CR and colours (see ``process``).
+        self._find = _find_any if self.rules.needles else None
+        self._needles = (*self.rules.needles, "\r", "\x1b")
 
     @property
     def settled(self) -> bool:
@@ -291,8 +309,12 @@ class Multiline:
         if not groups and rules.sweep is not None:
             # No event under way: one look at the whole batch; most have no line that
             # could open one (nor a CR or colours, which the rules look through).
-            joined = "\n" + "\n".join([r.message or "" for r in batch]) + "\n"
-            if "\r" not in joined and "\x1b" not in joined and not rules.sweep(joined):
+            find = self._find
+            hit = find(batch, self._needles, False) if find is not None else None
+            if hit is None:  # (no C test, or a message that is not ASCII)
+                joined = "\n" + "\n".join([r.message or "" for r in batch]) + "\n"
+                hit = "\r" in joined or "\x1b" in joined or rules.sweep(joined)
+            if not hit:
                 return batch
         now = self.clock()
         out: list[Record] = []
