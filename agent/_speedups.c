@@ -841,8 +841,8 @@ json_fields(PyObject *self, PyObject *args)
         return NULL;
     }
     Py_ssize_t parsed = 0;
-    /* The list may not change size under us: loads and from_text run no Python code of
-     * the caller's, but a list that did is read by index and checked each time. */
+    /* loads and from_text are called back: the list's size is read again each time, and
+     * each record is held while it is looked at. */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(batch); i++) {
         PyObject *r = PyList_GET_ITEM(batch, i);
         PyObject *fields = NULL, *level = NULL;
