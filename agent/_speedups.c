@@ -966,6 +966,27 @@ json_fields(PyObject *self, PyObject *args)
     return out;
 }
 
+/* The message of a batch's record as ASCII bytes, for the batch tests below: 1 and the
+ * bytes, 0 for a record without a message (None), -1 when the test cannot be made here
+ * (not a record of the set-up type, a message that is not an ASCII str). */
+static int
+ascii_message(PyObject *r, const unsigned char **s, Py_ssize_t *len)
+{
+    if (Py_TYPE(r) != record_type) {
+        return -1;
+    }
+    PyObject *message = SLOT(r, off_message);
+    if (message == Py_None) {
+        return 0;
+    }
+    if (message == NULL || !PyUnicode_CheckExact(message) || !PyUnicode_IS_ASCII(message)) {
+        return -1;
+    }
+    *s = PyUnicode_1BYTE_DATA(message);
+    *len = PyUnicode_GET_LENGTH(message);
+    return 1;
+}
+
 /* -- the redaction stage's batch gate ------------------------------------------------ */
 
 /* What redact_gate reports, one bit each (agent/processing/redact.py _GATE_BITS). */
@@ -1016,19 +1037,15 @@ redact_gate(PyObject *self, PyObject *batch)
     int at = 0, scheme = 0;
     Py_ssize_t n = PyList_GET_SIZE(batch);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *r = PyList_GET_ITEM(batch, i);
-        if (Py_TYPE(r) != record_type) {
+        const unsigned char *s;
+        Py_ssize_t len;
+        int got = ascii_message(PyList_GET_ITEM(batch, i), &s, &len);
+        if (got < 0) {
             Py_RETURN_NONE;
         }
-        PyObject *message = SLOT(r, off_message);
-        if (message == Py_None) {
+        if (got == 0) {
             continue;
         }
-        if (message == NULL || !PyUnicode_CheckExact(message) || !PyUnicode_IS_ASCII(message)) {
-            Py_RETURN_NONE;
-        }
-        const unsigned char *s = PyUnicode_1BYTE_DATA(message);
-        Py_ssize_t len = PyUnicode_GET_LENGTH(message);
         int run = 0; /* digits in a row, spaces and dashes between */
         for (Py_ssize_t j = 0; j < len; j++) {
             unsigned char c = s[j];
@@ -1145,19 +1162,15 @@ find_any(PyObject *self, PyObject *args)
     }
     Py_ssize_t n = PyList_GET_SIZE(batch);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *r = PyList_GET_ITEM(batch, i);
-        if (Py_TYPE(r) != record_type) {
+        const unsigned char *s;
+        Py_ssize_t len;
+        int got = ascii_message(PyList_GET_ITEM(batch, i), &s, &len);
+        if (got < 0) {
             Py_RETURN_NONE;
         }
-        PyObject *message = SLOT(r, off_message);
-        if (message == Py_None) {
+        if (got == 0) {
             continue;
         }
-        if (message == NULL || !PyUnicode_CheckExact(message) || !PyUnicode_IS_ASCII(message)) {
-            Py_RETURN_NONE;
-        }
-        const unsigned char *s = PyUnicode_1BYTE_DATA(message);
-        Py_ssize_t len = PyUnicode_GET_LENGTH(message);
         Py_ssize_t end = at_start ? (len > 0 ? 1 : 0) : len;
         for (Py_ssize_t j = 0; j < end; j++) {
             if (!first[s[j]]) {

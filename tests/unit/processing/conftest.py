@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.record import ContainerMeta, Record, format_timestamp_ns
 
 DATA = Path(__file__).parent / "data"
@@ -29,3 +31,14 @@ def records(
 
 def traces() -> dict[str, Any]:
     return json.loads((DATA / "traces.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def built() -> Any:
+    """agent._speedups, loaded even in a pure-Python run: its functions are tested against
+    the Python paths they stand in for."""
+    from agent import speedups
+
+    module = speedups.speedups or speedups._load_extension()
+    assert module is not None, "agent._speedups is not built"
+    return module

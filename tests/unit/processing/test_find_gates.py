@@ -21,10 +21,8 @@ from tests.unit.processing.conftest import meta, stamp, traces
 
 
 @pytest.fixture(scope="module")
-def find_any() -> Any:
-    module = speedups.speedups or speedups._load_extension()
-    assert module is not None, "agent._speedups is not built"
-    return module.find_any
+def find_any(built: Any) -> Any:
+    return built.find_any
 
 
 TEXT = st.text(alphabet="DEBUG xErorTwabl\r\x1b\né-", max_size=12)

@@ -22,10 +22,8 @@ from tests.unit.processing.conftest import records, stamp
 
 
 @pytest.fixture(scope="module")
-def c_loop() -> Any:
-    module = speedups.speedups or speedups._load_extension()
-    assert module is not None, "agent._speedups is not built"
-    return module.json_fields
+def c_loop(built: Any) -> Any:
+    return built.json_fields
 
 
 LEVEL_VALUE = st.one_of(

@@ -20,10 +20,8 @@ from tests.unit.processing.conftest import records
 
 
 @pytest.fixture(scope="module")
-def gate() -> Any:
-    module = speedups.speedups or speedups._load_extension()
-    assert module is not None, "agent._speedups is not built"
-    return module.redact_gate
+def gate(built: Any) -> Any:
+    return built.redact_gate
 
 
 PIECES = st.sampled_from(
