@@ -14,7 +14,7 @@ import orjson
 from exporters.file import rotated_files
 
 
-def read_all(path: Path) -> list[dict[str, Any]]:
+def _read_listed(path: Path) -> list[dict[str, Any]]:
     out = []
     for p in [*(q for q, _, tmp in rotated_files(str(path)) if not tmp), str(path)]:
         data = Path(p).read_bytes()
@@ -22,6 +22,17 @@ def read_all(path: Path) -> list[dict[str, Any]]:
             data = gzip.decompress(data)
         out += [orjson.loads(line) for line in data.splitlines()]
     return out
+
+
+def read_all(path: Path) -> list[dict[str, Any]]:
+    """Every record of ``path`` and its rotated files. The agent gzips a rotated file (a
+    rename) while this runs: one listed a moment ago may be gone, then it lists again."""
+    for _ in range(50):
+        try:
+            return _read_listed(path)
+        except FileNotFoundError:
+            time.sleep(0.01)
+    return _read_listed(path)
 
 
 async def test_template_rotation_and_gzip(
