@@ -29,8 +29,10 @@ from agent.sources.jsonfile.inotify import (
     IN_CREATE,
     IN_DELETE_SELF,
     IN_IGNORED,
+    IN_MODIFY,
     IN_MOVE_SELF,
     IN_MOVED_TO,
+    IN_ONESHOT,
     IN_Q_OVERFLOW,
     Inotify,
 )
@@ -92,6 +94,12 @@ class FileChain:
         self.max_size: int | None = None
         self.lost_files = 0
         self._names: dict[int, str] = {}
+        # The watch on the file the reader waits for (``FileWatches``), -1 when none; the
+        # (inode, ``created``) it was set for; and whether it stays between writes
+        # (``IN_MODIFY``: a slow writer, see ``_Tail._wait``) or goes once fired.
+        self.file_wd = -1
+        self.file_watched = (0, -1)
+        self.file_steady = False
 
     # -- set-up and tear-down --------------------------------------------------------------
 
@@ -149,7 +157,31 @@ class FileChain:
 
     def _on_file(self, mask: int, name: str) -> None:
         """The file being read changed (on the event loop: ``FileWatches``)."""
+        if mask & IN_IGNORED:
+            self.file_wd = -1  # a one-shot watch fired, or the file was removed
         self.wake.set()
+
+    def watching(self, ino: int) -> bool:
+        """Whether the file ``ino`` has a watch that stays, set for it before the last read:
+        its writes since then set ``wake`` without a look at its size."""
+        return self.file_steady and self.file_wd >= 0 and self.file_watched == (ino, self.created)
+
+    def watch_file(self, ino: int, steady: bool) -> None:
+        """Watches ``-json.log`` (the file ``ino``, as far as is known), for one write
+        or (``steady``) for every write. OSError: no such file now."""
+        assert self.inotify is not None
+        wd = self.inotify.files.add(
+            self.path, IN_MODIFY if steady else IN_MODIFY | IN_ONESHOT, self._on_file
+        )
+        if self.file_wd >= 0 and self.file_wd != wd:
+            self.inotify.files.remove(self.file_wd, self._on_file)  # on a rotated file
+        self.file_wd, self.file_watched, self.file_steady = wd, (ino, self.created), steady
+
+    def unwatch_file(self) -> None:
+        """Ends a watch that stays: the writer writes too often for a wake-up per write."""
+        if self.file_wd >= 0 and self.inotify is not None:
+            self.inotify.files.remove(self.file_wd, self._on_file)
+        self.file_wd = -1
 
     # -- the chain of files --------------------------------------------------------------
 

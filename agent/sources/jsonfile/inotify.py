@@ -12,6 +12,7 @@ import collections
 import contextlib
 import os
 import select
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -33,8 +34,12 @@ IN_IGNORED = int(flags.IGNORED)
 IN_ONLYDIR = int(flags.ONLYDIR)
 IN_ONESHOT = int(flags.ONESHOT)
 
+_EVENT = struct.Struct("iIII")  # struct inotify_event without its name
+_READ_BYTES = 64 * 1024
+# A read that left room for an event with the longest name emptied the queue.
+_ROOM = _READ_BYTES - _EVENT.size - 256
+
 _DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
-_FILE_MASK = IN_MODIFY | IN_ONESHOT
 
 
 Handler = Callable[[int, str], None]
@@ -86,31 +91,52 @@ class _Watches:
         for wd in mine:
             self.remove(wd, handler)
 
-    def drain(self) -> None:
-        """Reads and dispatches every queued event."""
+    def _events(self) -> list[tuple[int, int, str]]:
+        """The events queued now, (wd, mask, name): one read of the (non-blocking)
+        descriptor, more only while they fill the buffer."""
+        out: list[tuple[int, int, str]] = []
+        unpack = _EVENT.unpack_from
+        head = _EVENT.size
         while True:
             try:
-                events = self._inotify.read(timeout=0)
-            except OSError:
-                return
-            if not events:
-                return
-            for wd, mask, _cookie, name in events:
+                data = os.read(self.fd, _READ_BYTES)
+            except OSError:  # EAGAIN: none queued (EBADF: closed meanwhile)
+                return out
+            pos, end = 0, len(data)
+            while pos < end:
+                wd, mask, _cookie, size = unpack(data, pos)
+                pos += head + size
+                # a name only for a watched directory's entries, padded with NULs
+                name = os.fsdecode(data[pos - size : pos].split(b"\0", 1)[0]) if size else ""
+                out.append((wd, mask, name))
+            if end <= _ROOM:
+                return out
+
+    def drain(self) -> int:
+        """Reads every queued event and calls its watch's handler (every handler for an
+        overflow). Returns how many events were read."""
+        events = self._events()
+        if not events:
+            return 0
+        calls: list[tuple[Handler, int, str]] = []
+        with self.lock:
+            handlers = self.handlers
+            for wd, mask, name in events:
                 if mask & IN_Q_OVERFLOW:
                     self.overflows += 1
-                    with self.lock:
-                        handlers = list(self.handlers.values())
-                else:
-                    with self.lock:
-                        handler = self.handlers.get(wd)
-                        if mask & IN_IGNORED:
-                            self.handlers.pop(wd, None)
-                    handlers = [handler] if handler is not None else []
-                for handler in handlers:
-                    try:
-                        handler(mask, name)
-                    except Exception as exc:  # one reader's handler must not stop the rest
-                        log.warning("inotify_handler_failed", error=repr(exc))
+                    calls.extend((handler, mask, name) for handler in handlers.values())
+                    continue
+                handler = handlers.get(wd)
+                if mask & IN_IGNORED:
+                    handlers.pop(wd, None)  # the watch is gone (removed, or its file)
+                if handler is not None:
+                    calls.append((handler, mask, name))
+        for handler, mask, name in calls:
+            try:
+                handler(mask, name)
+            except Exception as exc:  # one reader's handler must not stop the rest
+                log.warning("inotify_handler_failed", error=repr(exc))
+        return len(events)
 
     def _close_descriptor(self) -> None:
         with contextlib.suppress(OSError):
@@ -224,10 +250,11 @@ class Inotify(_Watches):
 
 
 class FileWatches(_Watches):
-    """One-shot ``IN_MODIFY`` watches on the files being read, their descriptor read on
-    the event loop: a handler runs there (it wakes a reader). After a read the descriptor
-    is left alone for ``WAKE_LINGER_SECONDS``, so that the events of that time are read,
-    and their readers woken, together."""
+    """``IN_MODIFY`` watches on the files being read, their descriptor read on the event
+    loop: a handler runs there (it wakes a reader). After a read the descriptor is left
+    alone for ``WAKE_LINGER_SECONDS``, so that the events of that time are read, and their
+    readers woken, together; while events keep coming it is simply read again after each
+    linger (no selector change), and watched again once a read finds none."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
@@ -242,12 +269,21 @@ class FileWatches(_Watches):
             self.drain()
         finally:
             if not self._closed:
-                self._timer = self.loop.call_later(WAKE_LINGER_SECONDS, self._rearm)
+                self._timer = self.loop.call_later(WAKE_LINGER_SECONDS, self._linger_over)
 
-    def _rearm(self) -> None:
+    def _linger_over(self) -> None:
         self._timer = None
-        if not self._closed:
-            self.loop.add_reader(self.fd, self._readable)
+        if self._closed:
+            return
+        found = 0
+        try:
+            found = self.drain()
+        finally:
+            if not self._closed:
+                if found:
+                    self._timer = self.loop.call_later(WAKE_LINGER_SECONDS, self._linger_over)
+                else:
+                    self.loop.add_reader(self.fd, self._readable)
 
     def close(self) -> None:
         self._closed = True

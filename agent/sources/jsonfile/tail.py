@@ -27,7 +27,7 @@ from agent.record import Record
 from agent.sources.base import Emit, StreamEnd
 from agent.sources.jsonfile.decoder import JsonFileDecoder
 from agent.sources.jsonfile.files import FileChain, _File, _parse_size
-from agent.sources.jsonfile.inotify import _FILE_MASK, TICK_SECONDS
+from agent.sources.jsonfile.inotify import TICK_SECONDS
 from agent.sources.jsonfile.seek import (
     MAX_LINE_BYTES,
     _last_line,
@@ -115,6 +115,8 @@ class _Tail(FileChain):
         while True:
             f = self.files[0]
             newer_known = len(self.files) > 1
+            # Before the read: a write after it sets the wake again (a watch that stays).
+            self.wake.clear()
             data = await self._read(f)
             if data is None:
                 await self._truncated(f, decoder, emit)
@@ -125,6 +127,8 @@ class _Tail(FileChain):
                 quiet = 0
                 await self._consume(f, decoder, data, cut, emit)
                 if got >= self.source.chunk_bytes:
+                    if self.file_steady and self.file_wd >= 0:
+                        self.unwatch_file()  # a burst: no event per write while it lasts
                     await asyncio.sleep(0)  # the next chunk may be read without a suspension
                     continue
                 # A short read ended at the end of the file: its size says whether more
@@ -212,8 +216,11 @@ class _Tail(FileChain):
             return True
         if self.inotify is None and self._rotated() and self.scan_now():
             return True
-        size = os.fstat(f.fd).st_size
-        f.seen = max(f.seen, size)
+        if self.watching(f.ino):
+            size = f.offset + got  # a write since the read has set the wake: no stat
+        else:
+            size = os.fstat(f.fd).st_size
+            f.seen = max(f.seen, size)
         if size > f.offset + got or len(self.files) > 1:
             return True  # written, or rotated, since the read
         # With the directory's watch (and no overflow since), its removal is reported
@@ -239,10 +246,13 @@ class _Tail(FileChain):
         """Until the file may have grown past ``end`` (or rotated, or closed), at most
         ``limit`` s. A writer that just wrote usually writes on: right after data the reader
         only sleeps a little and looks again (one timer, and a bigger batch next time,
-        rather than a watch, a wake-up from the watcher thread and a small read per write);
-        a file found quiet twice in a row is left to inotify. A writer for which that short
-        sleep found nothing (one line now and then: most containers) goes straight to the
-        watch after its data, until a watch fires within ``TRICKLE_AGAIN_SECONDS``."""
+        rather than a watch, a wake-up and a small read per write); a file found quiet
+        twice in a row is left to inotify. A writer for which that short sleep found
+        nothing (one line now and then: most containers) goes straight to the watch after
+        its data, until a watch fires within ``TRICKLE_AGAIN_SECONDS``; its watch then
+        stays between its lines (``IN_MODIFY`` without ``IN_ONESHOT``): no watch to set
+        and no stat per line, the wake cleared before each read (``run``) tells of any
+        write since. A burst or a busier writer ends it (one-shot watches again)."""
         limit = max(limit, 0.0)
         if self.inotify is None:
             await asyncio.sleep(min(self.source.poll_seconds, limit))
@@ -251,18 +261,22 @@ class _Tail(FileChain):
             self.trickle = False  # the look after a short sleep found nothing: a slow writer
         self._trickled = False
         if quiet == 1 and self.trickle:
+            if self.file_steady and self.file_wd >= 0:
+                self.unwatch_file()
             self._trickled = True
             await asyncio.sleep(min(self.source.trickle_seconds, limit))
             return
-        self.wake.clear()
-        try:
-            self.inotify.files.add(self.path, _FILE_MASK, self._on_file)
-        except OSError:
-            # No -json.log for now (a rotation in progress, a removal): the directory's
-            # watch reports its creation; poll meanwhile, in case it does not come.
-            limit = min(limit, self.source.poll_seconds)
-        if os.fstat(f.fd).st_size > end:
-            return  # written between the read and the watch
+        steady = not self.trickle
+        if not (steady and self.watching(f.ino)):
+            self.wake.clear()
+            try:
+                self.watch_file(f.ino, steady)
+            except OSError:
+                # No -json.log for now (a rotation in progress, a removal): the directory's
+                # watch reports its creation; poll meanwhile, in case it does not come.
+                limit = min(limit, self.source.poll_seconds)
+            if os.fstat(f.fd).st_size > end:
+                return  # written between the read and the watch
         armed = time.monotonic()
         if limit > TICK_SECONDS:
             # A long wait (an idle container): the watcher thread's tick ends it.

@@ -305,6 +305,49 @@ async def test_write_to_record_latency_is_short(tmp_path: Path) -> None:
     await stop(run, engine, writer)
 
 
+async def test_a_slow_writers_watch_stays_and_a_burst_ends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written now and then keeps one watch (no watch set, nor stat, per line); a
+    burst read in whole chunks ends it, and nothing is lost or repeated either way."""
+    from agent.sources.jsonfile.inotify import FileWatches
+
+    adds: list[int] = []
+    removes: list[int] = []
+    add, remove = FileWatches.add, FileWatches.remove
+
+    def counted_add(self: FileWatches, path: str, mask: int, handler: Any) -> int:
+        adds.append(mask)
+        return add(self, path, mask, handler)
+
+    def counted_remove(self: FileWatches, wd: int, handler: Any) -> None:
+        removes.append(wd)
+        remove(self, wd, handler)
+
+    monkeypatch.setattr(FileWatches, "add", counted_add)
+    monkeypatch.setattr(FileWatches, "remove", counted_remove)
+    engine = FakeEngine()
+    writer = Writer(tmp_path)
+    source = source_for(tmp_path, engine, chunk_bytes=4096)
+    run = Run(source).start()
+    await asyncio.sleep(0.3)
+    for i in range(8):
+        writer.write(1)
+        await run.until(i + 1)
+        await asyncio.sleep(0.15)
+    assert len(adds) <= 4, adds  # not one per line
+    assert not removes
+    writer.write(5000)  # 5000 lines of ~90 bytes: whole chunks of 4 KiB
+    await run.until(5008)
+    assert removes  # the burst ended the watch that stays
+    for i in range(3):
+        writer.write(1)
+        await run.until(5009 + i)
+        await asyncio.sleep(0.15)
+    await stop(run, engine, writer)
+    assert run.messages() == [f"line {i}" for i in range(5011)]
+
+
 @pytest.mark.parametrize("inotify", [True, False])
 async def test_rotation_loses_and_repeats_nothing(tmp_path: Path, inotify: bool) -> None:
     engine = FakeEngine()
@@ -611,22 +654,24 @@ async def test_long_sleepers_are_woken_by_the_thread_and_file_events_read_togeth
         await asyncio.sleep(0.3)
         assert not cancelled.is_set() and not inotify.sleepers
         # Files written within the linger: their events are read on the loop together.
-        from agent.sources.jsonfile.inotify import _FILE_MASK
+        from agent.sources.jsonfile.inotify import IN_MODIFY, IN_ONESHOT
 
         woken: list[tuple[str, int]] = []
         reads = [0]
         drain = inotify.files.drain
 
-        def counted() -> None:
+        def counted() -> int:
             reads[0] += 1
-            drain()
+            return drain()
 
         inotify.files.drain = counted  # type: ignore[method-assign]
         paths = [tmp_path / f"f{i}" for i in range(3)]
         for i, path in enumerate(paths):
             path.write_bytes(b"")
             inotify.files.add(
-                str(path), _FILE_MASK, lambda _m, _n, i=i: woken.append((f"f{i}", reads[0]))
+                str(path),
+                IN_MODIFY | IN_ONESHOT,
+                lambda _m, _n, i=i: woken.append((f"f{i}", reads[0])),
             )
         await asyncio.sleep(0.01)
         for path in paths:
