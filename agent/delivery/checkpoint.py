@@ -16,7 +16,6 @@ the file is gone) still resumes from the stamps.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,7 @@ class CheckpointStore:
         self.writes = 0
         self.write_seconds = 0.0
         self.last_error = ""
-        self._last: bytes = b""
+        self._last = b""  # the ``containers`` bytes of the file on disk
 
     def load(self) -> tuple[Positions, Marks]:
         """The saved positions and file marks; empty when there is no file. Raises
@@ -101,7 +100,8 @@ class CheckpointStore:
         except OSError as exc:
             raise CheckpointError(f"cannot read: {exc.strerror or exc}") from None
         positions, marks, self.written_at = _parse(data)
-        self._last = data
+        # (as ``write`` encodes it: a first write with no position moved is skipped)
+        self._last = self.encode_containers(positions, marks)
         return positions, marks
 
     def quarantine(self) -> Path | None:
@@ -114,7 +114,8 @@ class CheckpointStore:
         return target
 
     @staticmethod
-    def encode(positions: Positions, marks: Marks | None = None) -> bytes:
+    def encode_containers(positions: Positions, marks: Marks | None = None) -> bytes:
+        """The file's ``containers`` mapping."""
         containers: dict[str, dict[str, Any]] = {}
         for cid, streams in positions.items():
             # A container with nothing delivered yet is kept too (an empty entry): after a
@@ -124,20 +125,23 @@ class CheckpointStore:
             if mark is not None:
                 entry["file"] = mark.to_dict()
             containers[cid] = entry
-        return orjson.dumps(
-            {"version": VERSION, "written_at": time.time(), "containers": containers}
-        )
+        return orjson.dumps(containers)
 
     def write(self, positions: Positions, marks: Marks | None = None) -> bool:
-        """Atomically replaces the file; False when nothing changed since the last write."""
-        body = self.encode(positions, marks)
-        # Compare without the timestamp: no write when no position moved.
-        if self._last and _strip_time(self._last) == _strip_time(body):
+        """Atomically replaces the file; False when nothing changed since the last write
+        (the ``containers`` bytes compared: the write time alone is no change)."""
+        containers = self.encode_containers(positions, marks)
+        if containers == self._last:
             return False
+        body = b'{"version":%d,"written_at":%s,"containers":%s}' % (
+            VERSION,
+            orjson.dumps(time.time()),
+            containers,
+        )
         t0 = time.perf_counter()
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, body)
-        self._last = body
+        self._last = containers
         self.writes += 1
         self.write_seconds += time.perf_counter() - t0
         return True
@@ -157,11 +161,3 @@ class CheckpointStore:
         if self.last_error:
             log.info("checkpoint_write_recovered", path=str(self.path))
             self.last_error = ""
-
-
-def _strip_time(body: bytes) -> Any:
-    with contextlib.suppress(orjson.JSONDecodeError):
-        doc = orjson.loads(body)
-        doc.pop("written_at", None)
-        return doc
-    return body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from agent.delivery.checkpoint import CheckpointError, CheckpointStore
@@ -26,6 +27,9 @@ def test_round_trip_and_no_write_when_unchanged(tmp_path: Path) -> None:
         {},
     )
     assert again.written_at > 0
+    assert again.write(positions) is False  # the file holds these: no write after a restart
+    doc = orjson.loads((tmp_path / "state" / "checkpoints.json").read_bytes())
+    assert list(doc) == ["version", "written_at", "containers"] and doc["version"] == 1
     positions["c1"]["stdout"] = Position(T1, 3)
     assert store.write(positions) is True and store.writes == 2
 
