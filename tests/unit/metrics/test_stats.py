@@ -294,3 +294,54 @@ async def test_agent_collector_reports_buffers_drops_and_exporter_counters(tmp_p
     assert got["container_agent_exporter_requests"][0].value == 5
     assert got["container_agent_engine_reconnects"][0].value == 1
     buf.close()
+
+
+async def test_a_round_reads_located_cgroups_in_a_thread_and_asks_the_api_for_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Containers whose cgroup is found are read together off the loop; one without a
+    cgroup is asked of the API; one whose files fail is counted, not fatal."""
+    import threading
+
+    from agent.metrics.stats import StatsCollector
+
+    ids = ["a" * 64, "b" * 64, "c" * 64]
+    for cid in ids[:2]:
+        rel = f"docker/{cid}"
+        _write(tmp_path / "cpuacct" / rel / "cpuacct.usage", "3000000000\n")
+        _write(tmp_path / "cpuacct" / rel / "cpuacct.stat", "user 250\nsystem 50\n")
+        _write(tmp_path / "memory" / rel / "memory.usage_in_bytes", "9000\n")
+        _write(tmp_path / "memory" / rel / "memory.stat", "total_rss 3000\n")
+        _write(tmp_path / "pids" / rel / "pids.current", "4\n")
+    proc = tmp_path / "proc"
+    _write(proc / "stat", "cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 50 0 50 400 0 0 0\n")
+    asked: list[str] = []
+
+    class Engine:
+        async def stats(self, cid: str) -> dict:
+            asked.append(cid)
+            return json.loads((DATA / "stats_v1.json").read_text())
+
+    inv = Inventory()
+    for cid in ids:
+        inv.seen_in_listing(ContainerMeta(cid, cid[:1], "img", {}, "h"), "running")
+        inv.apply_inspect(cid, {"State": {"Running": True, "Pid": 0}, "HostConfig": {}})
+    collector = StatsCollector(Engine(), inv, "auto", str(tmp_path), 10.0)  # type: ignore[arg-type]
+    assert collector.cgroup is not None
+    collector.cgroup.proc = proc
+    threads: list[str] = []
+    layout_read = collector.cgroup.layout.read
+
+    def read(rel: str, *args: object) -> StatsSample:
+        threads.append(threading.current_thread().name)
+        if rel.endswith("b" * 64):
+            raise ValueError("unreadable")
+        return layout_read(rel, *args)  # type: ignore[arg-type]
+
+    collector.cgroup.layout.read = read  # type: ignore[method-assign]
+    await collector.collect_once()
+    a, b, c = (inv.containers[cid] for cid in ids)
+    assert a.stats is not None and a.stats.source == "cgroup" and a.stats.pids == 4
+    assert b.stats is None and collector.errors == 1  # counted, and the round went on
+    assert c.stats is not None and c.stats.source == "api" and asked == [ids[2]]
+    assert threads and threading.main_thread().name not in threads
