@@ -123,6 +123,7 @@ class FileChain:
         if self.inotify is not None:
             self.inotify.remove(self.dir_wd, self._on_dir)
             self.inotify.files.remove_all(self._on_file)
+            self.inotify.unsleep(self.wake)
             self.source._release_inotify()
             self.inotify = None
         with self.lock:

@@ -107,6 +107,7 @@ class _Tail(FileChain):
         self.live = _Liveness(None, polling=True)  # set by ``_start``
         self.trickle = True  # after data, look again after a short sleep before watching
         self._trickled = False  # the last wait was that short sleep
+        self._deadline = 0.0  # of the wake the watcher thread is asked for (``_wait``)
 
     async def run(self, positions: dict[str, Position], emit: Emit) -> StreamEnd:
         decoder = await self._start(positions)
@@ -279,12 +280,15 @@ class _Tail(FileChain):
                 return  # written between the read and the watch
         armed = time.monotonic()
         if limit > TICK_SECONDS:
-            # A long wait (an idle container): the watcher thread's tick ends it.
-            self.inotify.sleep_until(self.wake, armed + limit)
-            try:
-                await self.wake.wait()
-            finally:
-                self.inotify.unsleep(self.wake)
+            # A long wait (an idle container): the watcher thread's tick ends it. The
+            # request stays from one wait to the next while its deadline (the next
+            # liveness look) stands: should it come while the reader reads, the next wait
+            # is one pass shorter, and the look is due anyway.
+            deadline = armed + limit
+            if abs(deadline - self._deadline) > 0.1 or self.wake not in self.inotify.sleepers:
+                self.inotify.sleep_until(self.wake, deadline)
+                self._deadline = deadline
+            await self.wake.wait()
         else:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(limit):
