@@ -154,6 +154,7 @@ async def apply(runtime: Runtime, new: Config, p: Plan) -> None:
         runtime.chooser.reconfigure(new.logs.source)
         runtime.chooser.api.max_message_bytes = new.logs.max_message_bytes
         runtime.chooser.files.max_message_bytes = new.logs.max_message_bytes
+        runtime.chooser.files.set_linger(new.logs.files_linger_seconds)
     runtime.config = new
 
 

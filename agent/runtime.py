@@ -315,7 +315,10 @@ class Runtime:
         backoff = self._backoff()
         api_source = ApiLogSource(self.engine, cfg.logs.max_message_bytes)
         files_source = JsonFileLogSource(
-            self.engine, cfg.logs.containers_dir, cfg.logs.max_message_bytes
+            self.engine,
+            cfg.logs.containers_dir,
+            cfg.logs.max_message_bytes,
+            linger_seconds=cfg.logs.files_linger_seconds,
         )
         self.chooser = SourceChooser(cfg.logs.source, api_source, files_source)
         self.followers = LogFollowers(

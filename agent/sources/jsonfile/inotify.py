@@ -44,10 +44,11 @@ _DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_
 
 Handler = Callable[[int, str], None]
 
-# A file's modification wakes its reader at most this much later: after reading its
-# descriptor, the loop leaves it this long, so that the modifications of every file written
-# meanwhile are read together (a host of many quiet containers otherwise pays a wake-up per
-# line). Rotations and closes (the watcher thread) are handled at once.
+# A file's modification wakes its reader at most this much later (the default of
+# ``logs.files_linger_seconds``): after reading its descriptor, the loop leaves it this
+# long, so that the modifications of every file written meanwhile are read together (a
+# host of many quiet containers otherwise pays a wake-up per line). Rotations and closes
+# (the watcher thread) are handled at once.
 WAKE_LINGER_SECONDS = 0.1
 # Readers waiting longer than this for their file (an idle container: until its next
 # liveness look, up to minutes) are woken at their deadline by the watcher thread, which
@@ -252,13 +253,14 @@ class Inotify(_Watches):
 class FileWatches(_Watches):
     """``IN_MODIFY`` watches on the files being read, their descriptor read on the event
     loop: a handler runs there (it wakes a reader). After a read the descriptor is left
-    alone for ``WAKE_LINGER_SECONDS``, so that the events of that time are read, and their
+    alone for ``linger`` s, so that the events of that time are read, and their
     readers woken, together; while events keep coming it is simply read again after each
     linger (no selector change), and watched again once a read finds none."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self.loop = loop
+        self.linger = WAKE_LINGER_SECONDS
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         loop.add_reader(self.fd, self._readable)
@@ -269,7 +271,7 @@ class FileWatches(_Watches):
             self.drain()
         finally:
             if not self._closed:
-                self._timer = self.loop.call_later(WAKE_LINGER_SECONDS, self._linger_over)
+                self._timer = self.loop.call_later(self.linger, self._linger_over)
 
     def _linger_over(self) -> None:
         self._timer = None
@@ -281,7 +283,7 @@ class FileWatches(_Watches):
         finally:
             if not self._closed:
                 if found:
-                    self._timer = self.loop.call_later(WAKE_LINGER_SECONDS, self._linger_over)
+                    self._timer = self.loop.call_later(self.linger, self._linger_over)
                 else:
                     self.loop.add_reader(self.fd, self._readable)
 

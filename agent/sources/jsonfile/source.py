@@ -17,7 +17,7 @@ import structlog
 from agent.engine.client import Engine, EngineError, NotFound
 from agent.positions import Position
 from agent.sources.base import Emit, LogSource, StreamEnd
-from agent.sources.jsonfile.inotify import Inotify
+from agent.sources.jsonfile.inotify import WAKE_LINGER_SECONDS, Inotify
 from agent.sources.jsonfile.tail import _Tail
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ class JsonFileLogSource(LogSource):
         chunk_bytes: int = CHUNK_BYTES,
         poll_seconds: float = POLL_SECONDS,
         trickle_seconds: float = TRICKLE_SECONDS,
+        linger_seconds: float = WAKE_LINGER_SECONDS,
     ) -> None:
         self.engine = engine
         self.containers_dir = containers_dir
@@ -53,6 +54,7 @@ class JsonFileLogSource(LogSource):
         self.chunk_bytes = chunk_bytes
         self.poll_seconds = poll_seconds
         self.trickle_seconds = trickle_seconds
+        self.linger_seconds = linger_seconds  # FileWatches' (see ``set_linger``)
         self.lost = 0  # lines lost to rotation or truncation (estimated), all containers
         # Per container: lines/bytes of files finished (to estimate lines lost).
         self._lines: dict[str, int] = {}
@@ -88,8 +90,16 @@ class JsonFileLogSource(LogSource):
     def _acquire_inotify(self) -> Inotify:
         if self._inotify is None or self._inotify.loop is not asyncio.get_running_loop():
             self._inotify = Inotify()
+        self._inotify.files.linger = self.linger_seconds
         self._inotify.users += 1
         return self._inotify
+
+    def set_linger(self, seconds: float) -> None:
+        """``logs.files_linger_seconds`` (a reload): from the next read of the files'
+        change notices."""
+        self.linger_seconds = seconds
+        if self._inotify is not None:
+            self._inotify.files.linger = seconds
 
     def _release_inotify(self) -> None:
         ino = self._inotify

@@ -348,6 +348,27 @@ async def test_a_slow_writers_watch_stays_and_a_burst_ends_it(
     assert run.messages() == [f"line {i}" for i in range(5011)]
 
 
+async def test_the_linger_of_the_files_notices_is_configured_and_reloaded(
+    tmp_path: Path,
+) -> None:
+    engine = FakeEngine()
+    writer = Writer(tmp_path)
+    source = source_for(tmp_path, engine, linger_seconds=0.4)
+    run = Run(source).start()
+    await asyncio.sleep(0.2)
+    assert source._inotify is not None and source._inotify.files.linger == 0.4
+    loop = asyncio.get_running_loop()
+    writer.write(1)  # read at once (nothing was read for a linger before it)
+    await run.until(1)
+    t0 = loop.time()
+    writer.write(1)  # within the linger that read began: read when it ends
+    await run.until(2)
+    assert 0.2 <= loop.time() - t0 <= 0.4 + 0.3
+    source.set_linger(0.05)
+    assert source._inotify.files.linger == 0.05
+    await stop(run, engine, writer)
+
+
 @pytest.mark.parametrize("inotify", [True, False])
 async def test_rotation_loses_and_repeats_nothing(tmp_path: Path, inotify: bool) -> None:
     engine = FakeEngine()
