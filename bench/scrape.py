@@ -13,6 +13,8 @@ agent's own figures for the copy on the loop and the whole build.
 
     python -m bench.scrape [--scrape-containers 300] [--scrape-window 30] [--scrape-rounds 2]
         [--agent-src DIR]   # run the agent from another source tree (e.g. an older commit)
+    python -m bench.scrape --in-process [--in-process-containers 1000]  # no engine needed:
+        # /metrics of a faked agent on a busy loop (bench.scrape_inproc)
 """
 
 from __future__ import annotations
@@ -251,6 +253,17 @@ async def _all_sampled(port: int, n: int, timeout: float) -> None:
 
 
 async def run(args: argparse.Namespace, engine: BenchEngine) -> dict[str, Any]:
+    if args.in_process:
+        from bench import scrape_inproc
+
+        return {
+            "in_process": await scrape_inproc.in_process(
+                args.in_process_containers,
+                args.in_process_scrapes,
+                networks=not args.in_process_no_network,
+                load=not args.in_process_idle,
+            )
+        }
     n = args.scrape_containers
     run_id = new_run_id()
     workdir = Path(tempfile.mkdtemp(prefix=f"ca-bench-scrape-{run_id}-"))
@@ -338,6 +351,10 @@ async def run(args: argparse.Namespace, engine: BenchEngine) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
+    if "in_process" in result:
+        from bench import scrape_inproc
+
+        return scrape_inproc.in_process_report(result["in_process"])
     p = result["params"]
     rows = []
     for name, m in result["phases"].items():
@@ -393,12 +410,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--agent-src",
         help="scrape: run the agent from this source tree (PYTHONPATH), e.g. an older commit",
     )
+    g.add_argument(
+        "--in-process",
+        action="store_true",
+        help="instead: /metrics of a faked agent in this process (bench.scrape_inproc)",
+    )
+    g.add_argument("--in-process-containers", type=int, default=1000, help="(1000)")
+    g.add_argument("--in-process-scrapes", type=int, default=20, help="gzip, identity in turn (20)")
+    g.add_argument(
+        "--in-process-no-network", action="store_true", help="no lo counters per container"
+    )
+    g.add_argument("--in-process-idle", action="store_true", help="no load on the loop")
     add_quiet_argument(parser)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--scraper-child":
         scraper_main(sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--in-process-client":
+        from bench import scrape_inproc
+
+        scrape_inproc.client_main(sys.argv[2:])
         return
     standalone(sys.modules[__name__])
 
