@@ -1186,6 +1186,302 @@ find_any(PyObject *self, PyObject *args)
     Py_RETURN_FALSE;
 }
 
+/* -- /metrics lines ------------------------------------------------------------------ */
+
+/* The per-container series of a /metrics answer (agent/metrics/text.py keeps the Python
+ * versions): a number as prometheus_client's floatToGoString writes it, and a series line
+ * of already-escaped label texts, in UTF-8 (the answer's encoding). */
+
+#define GO_MAX 48 /* repr of a double is at most 24 characters, +Go's exponent */
+
+/* float(value) as floatToGoString writes it, into buf; its length, or -1 (an exception) */
+static Py_ssize_t
+go_chars(PyObject *value, char *buf)
+{
+    double d = PyFloat_AsDouble(value);
+    if (d == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (Py_IS_INFINITY(d)) {
+        memcpy(buf, d > 0 ? "+Inf" : "-Inf", 4);
+        return 4;
+    }
+    if (Py_IS_NAN(d)) {
+        memcpy(buf, "NaN", 3);
+        return 3;
+    }
+    /* repr(float): what float_repr does */
+    char *s = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (s == NULL) {
+        return -1;
+    }
+    size_t len = strlen(s);
+    if (len + 8 > GO_MAX) {
+        PyMem_Free(s);
+        PyErr_SetString(PyExc_ValueError, "go_float: unexpected repr");
+        return -1;
+    }
+    const char *dotp = strchr(s, '.');
+    Py_ssize_t dot = dotp != NULL ? dotp - s : -1;
+    size_t n = 0;
+    if (d > 0 && dot > 6) {
+        /* Go switches to exponents sooner: s[0] "." s[1:dot] s[dot+1:], trailing '0' and
+         * '.' stripped, then "e+" and the exponent in at least two digits. */
+        buf[n++] = s[0];
+        buf[n++] = '.';
+        memcpy(buf + n, s + 1, (size_t)dot - 1);
+        n += (size_t)dot - 1;
+        memcpy(buf + n, s + dot + 1, len - (size_t)dot - 1);
+        n += len - (size_t)dot - 1;
+        while (n > 0 && (buf[n - 1] == '0' || buf[n - 1] == '.')) {
+            n--;
+        }
+        n += (size_t)snprintf(buf + n, GO_MAX - n, "e+%02d", (int)(dot - 1));
+    }
+    else {
+        memcpy(buf, s, len);
+        n = len;
+    }
+    PyMem_Free(s);
+    return (Py_ssize_t)n;
+}
+
+PyDoc_STRVAR(go_float_doc,
+"go_float(value) -> str\n\n"
+"prometheus_client.utils.floatToGoString(value): float(value) as Go writes it in the\n"
+"exposition formats (repr, with an exponent from 1e+07 up; +Inf, -Inf, NaN).");
+
+static PyObject *
+go_float(PyObject *self, PyObject *arg)
+{
+    char buf[GO_MAX];
+    Py_ssize_t n = go_chars(arg, buf);
+    return n < 0 ? NULL : PyUnicode_FromStringAndSize(buf, n);
+}
+
+static PyObject *esc_from[3], *esc_to[3]; /* \\, \n, " and their escapes (module init) */
+
+/* A label value as the exposition formats write it: \\, \n and " escaped. New reference. */
+static PyObject *
+escape_label(PyObject *value)
+{
+    if (!PyUnicode_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "a label value must be a str");
+        return NULL;
+    }
+    Py_ssize_t len = PyUnicode_GET_LENGTH(value);
+    Py_INCREF(value);
+    static const Py_UCS4 chars[3] = {'\\', '\n', '"'};
+    for (int i = 0; i < 3; i++) {
+        Py_ssize_t at = PyUnicode_FindChar(value, chars[i], 0, len, 1);
+        if (at == -2) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        if (at >= 0) {
+            PyObject *next = PyUnicode_Replace(value, esc_from[i], esc_to[i], -1);
+            Py_DECREF(value);
+            if (next == NULL) {
+                return NULL;
+            }
+            value = next;
+            len = PyUnicode_GET_LENGTH(value);
+        }
+    }
+    return value;
+}
+
+/* Pieces of one line: ASCII strs or C text, written into one new str. */
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} piece;
+
+static int
+ascii_piece(PyObject *str, piece *out)
+{
+    if (!PyUnicode_IS_ASCII(str)) {
+        return 0;
+    }
+    out->p = (const char *)PyUnicode_1BYTE_DATA(str);
+    out->n = PyUnicode_GET_LENGTH(str);
+    return 1;
+}
+
+PyDoc_STRVAR(series_line_doc,
+"series_line(sample, labels, value) -> bytes\n\n"
+"f'{sample}{{{labels}}} {go_float(value)}\\n' in UTF-8: one series of a /metrics answer,\n"
+"its labels already written.");
+
+static PyObject *
+series_line(PyObject *self, PyObject *args)
+{
+    PyObject *sample, *labels, *value;
+    if (!PyArg_ParseTuple(args, "UUO:series_line", &sample, &labels, &value)) {
+        return NULL;
+    }
+    char number[GO_MAX];
+    Py_ssize_t nn = go_chars(value, number);
+    if (nn < 0) {
+        return NULL;
+    }
+    piece a, b;
+    if (!ascii_piece(sample, &a) || !ascii_piece(labels, &b)) {
+        number[nn] = '\0';
+        PyObject *text = PyUnicode_FromFormat("%U{%U} %s\n", sample, labels, number);
+        if (text == NULL) {
+            return NULL;
+        }
+        PyObject *utf8 = PyUnicode_AsUTF8String(text);
+        Py_DECREF(text);
+        return utf8;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, a.n + b.n + nn + 4);
+    if (out == NULL) {
+        return NULL;
+    }
+    char *w = PyBytes_AS_STRING(out);
+    memcpy(w, a.p, a.n);
+    w += a.n;
+    *w++ = '{';
+    memcpy(w, b.p, b.n);
+    w += b.n;
+    *w++ = '}';
+    *w++ = ' ';
+    memcpy(w, number, nn);
+    w += nn;
+    *w = '\n';
+    return out;
+}
+
+PyDoc_STRVAR(series_lines_doc,
+"series_lines(sample, left, extra, right, pairs) -> bytes\n\n"
+"''.join(f'{sample}{{{left}{extra}=\"{escaped label}\"{right}}} {go_float(value)}\\n'\n"
+"for label, value in pairs) in UTF-8: the series of a family with one label of its own.");
+
+#define MAX_PAIRS 64
+
+static PyObject *
+series_lines(PyObject *self, PyObject *args)
+{
+    PyObject *sample, *left, *extra, *right, *pairs;
+    if (!PyArg_ParseTuple(args, "UUUUO:series_lines", &sample, &left, &extra, &right, &pairs)) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(pairs, "series_lines: pairs must be iterable");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *labels[MAX_PAIRS];
+    char numbers[MAX_PAIRS][GO_MAX];
+    Py_ssize_t lengths[MAX_PAIRS];
+    Py_ssize_t got = 0;
+    PyObject *out = NULL;
+    int ascii = n <= MAX_PAIRS;
+    piece s, l, e, r;
+    ascii = ascii && ascii_piece(sample, &s) && ascii_piece(left, &l) && ascii_piece(extra, &e)
+            && ascii_piece(right, &r);
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; ascii && i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "series_lines: pairs must be (label, value)");
+            goto done;
+        }
+        PyObject *label = escape_label(PyTuple_GET_ITEM(pair, 0));
+        if (label == NULL) {
+            goto done;
+        }
+        labels[got++] = label;
+        lengths[i] = go_chars(PyTuple_GET_ITEM(pair, 1), numbers[i]);
+        if (lengths[i] < 0) {
+            goto done;
+        }
+        if (!PyUnicode_IS_ASCII(label)) {
+            ascii = 0;
+            break;
+        }
+        /* name{ left extra =" label " right } value \n */
+        total += s.n + l.n + e.n + r.n + PyUnicode_GET_LENGTH(label) + lengths[i] + 7;
+    }
+    if (ascii) {
+        out = PyBytes_FromStringAndSize(NULL, total);
+        if (out == NULL) {
+            goto done;
+        }
+        char *w = PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            memcpy(w, s.p, s.n);
+            w += s.n;
+            *w++ = '{';
+            memcpy(w, l.p, l.n);
+            w += l.n;
+            memcpy(w, e.p, e.n);
+            w += e.n;
+            *w++ = '=';
+            *w++ = '"';
+            Py_ssize_t ln = PyUnicode_GET_LENGTH(labels[i]);
+            memcpy(w, PyUnicode_1BYTE_DATA(labels[i]), ln);
+            w += ln;
+            *w++ = '"';
+            memcpy(w, r.p, r.n);
+            w += r.n;
+            *w++ = '}';
+            *w++ = ' ';
+            memcpy(w, numbers[i], lengths[i]);
+            w += lengths[i];
+            *w++ = '\n';
+        }
+        goto done;
+    }
+    /* a label that is not ASCII, or very many: one line at a time, joined */
+    PyObject *parts = PyList_New(n);
+    if (parts == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "series_lines: pairs must be (label, value)");
+            Py_DECREF(parts);
+            goto done;
+        }
+        char number[GO_MAX];
+        Py_ssize_t nn = go_chars(PyTuple_GET_ITEM(pair, 1), number);
+        PyObject *label = nn < 0 ? NULL : escape_label(PyTuple_GET_ITEM(pair, 0));
+        if (label == NULL) {
+            Py_DECREF(parts);
+            goto done;
+        }
+        number[nn] = '\0';
+        PyObject *line = PyUnicode_FromFormat(
+            "%U{%U%U=\"%U\"%U} %s\n", sample, left, extra, label, right, number);
+        Py_DECREF(label);
+        if (line == NULL) {
+            Py_DECREF(parts);
+            goto done;
+        }
+        PyList_SET_ITEM(parts, i, line);
+    }
+    PyObject *empty = PyUnicode_FromStringAndSize(NULL, 0);
+    if (empty != NULL) {
+        PyObject *text = PyUnicode_Join(empty, parts);
+        Py_DECREF(empty);
+        if (text != NULL) {
+            out = PyUnicode_AsUTF8String(text);
+            Py_DECREF(text);
+        }
+    }
+    Py_DECREF(parts);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) {
+        Py_DECREF(labels[i]);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
 /* -- module -------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1197,6 +1493,9 @@ static PyMethodDef methods[] = {
     {"json_fields", json_fields, METH_VARARGS, json_fields_doc},
     {"redact_gate", redact_gate, METH_O, redact_gate_doc},
     {"find_any", find_any, METH_VARARGS, find_any_doc},
+    {"go_float", go_float, METH_O, go_float_doc},
+    {"series_line", series_line, METH_VARARGS, series_line_doc},
+    {"series_lines", series_lines, METH_VARARGS, series_lines_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1215,6 +1514,15 @@ PyInit__speedups(void)
     str_log = PyUnicode_InternFromString("log");
     str_log_prefixes = PyUnicode_InternFromString("log_prefixes");
     str_json = PyUnicode_InternFromString("json");
+    static const char *from[3] = {"\\", "\n", "\""};
+    static const char *to[3] = {"\\\\", "\\n", "\\\""};
+    for (int i = 0; i < 3; i++) {
+        esc_from[i] = PyUnicode_InternFromString(from[i]);
+        esc_to[i] = PyUnicode_InternFromString(to[i]);
+        if (esc_from[i] == NULL || esc_to[i] == NULL) {
+            return NULL;
+        }
+    }
     if (str_log == NULL || str_log_prefixes == NULL || str_json == NULL) {
         return NULL;
     }

@@ -123,7 +123,10 @@ class Family:
     """One per-container metric family: its name (a counter's without ``_total``), type,
     help, and its values for a row: ``value(row, now)`` gives the one sample of a family
     without ``extra`` (None: no sample), ``values(row, now)`` the ``(extra label value,
-    value)`` pairs of a family with one."""
+    value)`` pairs of a family with one. ``reads`` names every row field those values
+    depend on, when they depend on nothing else (not on ``now``): the text writer then
+    keeps a container's lines of the family until one of those fields changes
+    (``agent.metrics.text``); None: written at every scrape."""
 
     name: str
     kind: str  # "counter" or "gauge"
@@ -131,6 +134,7 @@ class Family:
     extra: str = ""
     value: Callable[[ContainerRow, float], float | None] | None = None
     values: Callable[[ContainerRow, float], Iterable[tuple[str, float]]] | None = None
+    reads: tuple[str, ...] | None = None
 
 
 def _stat(attr: str, scale: float = 1.0) -> Callable[[ContainerRow, float], float | None]:
@@ -155,6 +159,22 @@ def _memory_limit(row: ContainerRow, now: float) -> float | None:
     return None if s is None else (row.memory_limit or s.memory_limit)
 
 
+# What the families below read of a row (``Family.reads``), in groups that change about
+# as often, which the text writer checks together: a family may name more fields than it
+# reads (its lines are then written again sooner), never fewer.
+_STATS = ("stats", "memory_limit", "last_seen")  # every stats round
+_EVENTS = (  # at events
+    "started_at",
+    "state",
+    "health",
+    "restarts",
+    "exit_code",
+    "oom_events",
+    "log_read_failures",
+    "log_source",
+)
+_LOGS = ("log_lines", "log_bytes")  # as the container prints
+
 _NETWORK = tuple(
     Family(
         f"container_network_{direction}_{what}",
@@ -162,6 +182,7 @@ _NETWORK = tuple(
         f"Cumulative count of {doc} {verb}",
         "interface",
         values=_net(f"{prefix}_{attr}"),
+        reads=("networks",),
     )
     for direction, prefix, verb in (
         ("receive", "rx", "received"),
@@ -187,49 +208,63 @@ FAMILIES: tuple[Family, ...] = (
         values=lambda row, now: (
             () if row.stats is None else (("total", row.stats.cpu_total_ns / _NS),)
         ),
+        reads=_STATS,
     ),
     Family(
         "container_cpu_user_seconds",
         "counter",
         "Cumulative user cpu time consumed in seconds.",
         value=_stat("cpu_user_ns", _NS),
+        reads=_STATS,
     ),
     Family(
         "container_cpu_system_seconds",
         "counter",
         "Cumulative system cpu time consumed in seconds.",
         value=_stat("cpu_system_ns", _NS),
+        reads=_STATS,
     ),
     Family(
         "container_memory_usage_bytes",
         "gauge",
         "Current memory usage in bytes, including all memory regardless of when it was accessed",
         value=_stat("memory_usage"),
+        reads=_STATS,
     ),
     Family(
         "container_memory_working_set_bytes",
         "gauge",
         "Current working set in bytes (usage minus inactive file cache).",
         value=_stat("memory_working_set"),
+        reads=_STATS,
     ),
-    Family("container_memory_rss", "gauge", "Size of RSS in bytes.", value=_stat("memory_rss")),
+    Family(
+        "container_memory_rss",
+        "gauge",
+        "Size of RSS in bytes.",
+        value=_stat("memory_rss"),
+        reads=_STATS,
+    ),
     Family(
         "container_memory_cache",
         "gauge",
         "Number of bytes of page cache memory.",
         value=_stat("memory_cache"),
+        reads=_STATS,
     ),
     Family(
         "container_spec_memory_limit_bytes",
         "gauge",
         "Memory limit for the container in bytes (0: unlimited).",
         value=_memory_limit,
+        reads=_STATS,
     ),
     Family(
         "container_processes",
         "gauge",
         "Number of processes running inside the container.",
         value=_stat("pids"),
+        reads=_STATS,
     ),
     *_NETWORK,
     Family(
@@ -238,6 +273,7 @@ FAMILIES: tuple[Family, ...] = (
         "Cumulative count of bytes read",
         "device",
         values=lambda row, now: [(dev, read) for dev, read, _ in row.io],
+        reads=("io",),
     ),
     Family(
         "container_fs_writes_bytes",
@@ -245,6 +281,7 @@ FAMILIES: tuple[Family, ...] = (
         "Cumulative count of bytes written",
         "device",
         values=lambda row, now: [(dev, written) for dev, _, written in row.io],
+        reads=("io",),
     ),
     # state, health, starts, exits and OOM kills, from the engine's events
     Family(
@@ -253,12 +290,14 @@ FAMILIES: tuple[Family, ...] = (
         "Last time (unix seconds) the agent saw the container: in a listing, an event or a "
         "stats reading.",
         value=lambda row, now: row.last_seen,
+        reads=_STATS,
     ),
     Family(
         "container_start_time_seconds",
         "gauge",
         "Start time of the container since unix epoch in seconds.",
         value=lambda row, now: row.started_at or None,
+        reads=_EVENTS,
     ),
     Family(
         "container_state",
@@ -266,6 +305,7 @@ FAMILIES: tuple[Family, ...] = (
         "1 for the container's current state, 0 for the others.",
         "state",
         values=lambda row, now: [(s, 1.0 if row.state == s else 0.0) for s in STATES],
+        reads=_EVENTS,
     ),
     Family(
         "container_health_status",
@@ -275,24 +315,28 @@ FAMILIES: tuple[Family, ...] = (
         values=lambda row, now: [
             (s, 1.0 if (row.health or "none") == s else 0.0) for s in (*HEALTH, "none")
         ],
+        reads=_EVENTS,
     ),
     Family(
         "container_restarts",
         "counter",
         "Starts of the container after its first, as seen by the agent.",
         value=lambda row, now: row.restarts,
+        reads=_EVENTS,
     ),
     Family(
         "container_last_exit_code",
         "gauge",
         "Exit code of the container's last exit.",
         value=lambda row, now: row.exit_code,
+        reads=_EVENTS,
     ),
     Family(
         "container_oom_events",
         "counter",
         "OOM events (oom) the engine reported for the container.",
         value=lambda row, now: row.oom_events,
+        reads=_EVENTS,
     ),
     # log lines and bytes read, the read lag and the source
     Family(
@@ -302,6 +346,7 @@ FAMILIES: tuple[Family, ...] = (
         "exporters, or dropped by a full queue under when_full: drop_newest).",
         "stream",
         values=lambda row, now: (("stdout", row.log_lines[0]), ("stderr", row.log_lines[1])),
+        reads=_LOGS,
     ),
     Family(
         "container_log_bytes",
@@ -309,6 +354,7 @@ FAMILIES: tuple[Family, ...] = (
         "Characters of those lines' messages (bytes for ASCII).",
         "stream",
         values=lambda row, now: (("stdout", row.log_bytes[0]), ("stderr", row.log_bytes[1])),
+        reads=_LOGS,
     ),
     Family(
         "container_agent_log_read_lag_seconds",
@@ -323,6 +369,7 @@ FAMILIES: tuple[Family, ...] = (
         "Reads of the container's log that failed (engine errors, cut streams, unreadable "
         "files); each is retried with back-off for as long as the container exists.",
         value=lambda row, now: row.log_read_failures,
+        reads=_EVENTS,
     ),
     Family(
         "container_agent_log_source",
@@ -330,6 +377,7 @@ FAMILIES: tuple[Family, ...] = (
         "1 for the log source the agent reads this container from.",
         "source",
         values=lambda row, now: ((row.log_source, 1.0),) if row.log_source else (),
+        reads=_EVENTS,
     ),
 )
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from agent.metrics.collectors import AgentCollector, ContainerCollector
+    from agent.metrics.text import TextCache
     from agent.state import AgentState
 
 SHUTDOWN_SECONDS = 2.0  # a request in progress at close gets this long to finish
@@ -60,6 +61,7 @@ class PrometheusExporter(Exporter):
         self._containers: ContainerCollector | None = None
         self._agent: AgentCollector | None = None
         self._process: Any = None
+        self._text_cache: TextCache | None = None  # the build thread's alone
         self._runner: web.AppRunner | None = None
         self.listener: Listener | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -76,11 +78,13 @@ class PrometheusExporter(Exporter):
         from prometheus_client import ProcessCollector
 
         from agent.metrics.collectors import AgentCollector, ContainerCollector
+        from agent.metrics.text import TextCache
 
         self._state = state
         self._containers = ContainerCollector(state, self.config.container_labels)
         self._agent = AgentCollector(state)
         self._process = ProcessCollector(registry=None)
+        self._text_cache = TextCache()
 
     async def start(self) -> None:
         from aiohttp import web
@@ -153,7 +157,7 @@ class PrometheusExporter(Exporter):
                 snap = self._snapshot(t0)
                 with SWITCH.short():
                     body = await asyncio.get_running_loop().run_in_executor(
-                        self._executor, render, snap, openmetrics, self._process
+                        self._executor, self._render, snap, openmetrics
                     )
                 self._last_end = time.monotonic()
                 self.last_build_seconds = self._last_end - t0
@@ -169,6 +173,10 @@ class PrometheusExporter(Exporter):
                     done.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
+
+    def _render(self, snap: Snapshot, openmetrics: bool) -> bytes:
+        """In the build thread (one build at a time: the cache is its alone)."""
+        return render(snap, openmetrics, self._process, self._text_cache)
 
     def _snapshot(self, t0: float) -> Snapshot:
         """On the event loop: the copy a build works from (``t0``: when it began)."""

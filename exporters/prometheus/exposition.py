@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from agent.metrics.collectors import AgentSnapshot, ContainersSnapshot
+    from agent.metrics.text import TextCache
     from exporters.prometheus.listener import ListenerCounters
 
 # While the build thread runs, the event loop's thread waits for the GIL after each of its
@@ -153,17 +154,21 @@ class _SwitchInterval:
 SWITCH = _SwitchInterval()
 
 
-def render(snap: Snapshot, openmetrics: bool, process: Any) -> bytes:
+def render(
+    snap: Snapshot, openmetrics: bool, process: Any, cache: TextCache | None = None
+) -> bytes:
     """The exposition of a snapshot: runs in the exporter's build thread. The
     per-container families, nearly all of the answer, are written by
-    ``agent.metrics.text``; the agent's own few go through prometheus-client."""
+    ``agent.metrics.text`` (reusing ``cache``'s lines of the previous build where their
+    values are the same); the agent's own few go through prometheus-client."""
     from prometheus_client import exposition as text_format
     from prometheus_client.openmetrics import exposition as om_format
 
     from agent.metrics.collectors import agent_families
-    from agent.metrics.text import container_text
+    from agent.metrics.text import container_parts
 
-    containers = container_text(snap.containers, openmetrics).encode()
+    parts = container_parts(snap.containers, openmetrics, cache)
     metrics = [*agent_families(snap.agent), *_listener_families(snap), *process.collect()]
     fmt = om_format if openmetrics else text_format
-    return containers + bytes(fmt.generate_latest(_Families(metrics)))
+    parts.append(bytes(fmt.generate_latest(_Families(metrics))))
+    return b"".join(parts)  # one copy of the answer's ~7 KB a container
