@@ -262,6 +262,7 @@ async def run(args: argparse.Namespace, engine: BenchEngine) -> dict[str, Any]:
                 args.in_process_scrapes,
                 networks=not args.in_process_no_network,
                 load=not args.in_process_idle,
+                gzip=args.in_process_gzip,
             )
         }
     n = args.scrape_containers
@@ -421,6 +422,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--in-process-no-network", action="store_true", help="no lo counters per container"
     )
     g.add_argument("--in-process-idle", action="store_true", help="no load on the loop")
+    g.add_argument(
+        "--in-process-gzip", action="store_true", help="the exporter with compression: gzip"
+    )
     add_quiet_argument(parser)
 
 

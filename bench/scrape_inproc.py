@@ -4,13 +4,13 @@ agent's state faked so that a change can be tried in seconds.
 
 A real prometheus exporter serves an inventory of N containers shaped like bench.scale's
 (64-character ids, a cgroup stats sample each with the counters of ``lo``: their network
-is ``none``), on
-a loop kept busy as the agent's is at 1,000 x 1 line/s: every millisecond one container's
-log counters move and ~0.2 ms of Python runs; every ``stats_every`` s a stats round
-replaces every sample. A client in a child process (aiohttp, a new session per scrape, as
-bench.scale's) scrapes it with ``Accept-Encoding: gzip, deflate`` (aiohttp's default, and
-Prometheus asks for gzip) and with ``identity``, in turn: time to the response's head and
-to the whole body. Also, on an idle loop: the copy (``snapshot``) and the build
+is ``none``), on a loop kept busy as the agent's is at 1,000 x 1 line/s: every millisecond
+one container's log counters move and ~0.2 ms of Python runs; every ``stats_every`` s a
+stats round replaces every sample. A client in a child process (aiohttp, a new session
+per scrape, as bench.scale's) scrapes it with ``Accept-Encoding: gzip, deflate``
+(aiohttp's default, and Prometheus asks for gzip) and with ``identity``, in turn: time to
+the response's head and to the whole body (``--in-process-gzip``: the exporter's
+``compression: gzip``). Also, on an idle loop: the copy (``snapshot``) and the build
 (``render``) called directly.
 """
 
@@ -201,6 +201,7 @@ async def in_process(
     networks: bool = False,
     stats_every: float = 10.0,
     load: bool = True,
+    gzip: bool = False,
 ) -> dict[str, Any]:
     from bench.scrape import free_port
     from exporters.prometheus.config import PrometheusConfig
@@ -209,14 +210,17 @@ async def in_process(
     random.seed(11)
     inv = _inventory(n, networks)
     port = free_port()
-    exporter = PrometheusExporter(
-        "metrics", PrometheusConfig(type="prometheus", listen=f"127.0.0.1:{port}")
-    )
+    config: dict[str, Any] = {"type": "prometheus", "listen": f"127.0.0.1:{port}"}
+    if gzip:
+        config["compression"] = "gzip"
+    exporter = PrometheusExporter("metrics", PrometheusConfig(**config))
     exporter.bind(_State(inv))  # type: ignore[arg-type]
     await exporter.start()
     stop = asyncio.Event()
     loader = asyncio.create_task(_load(inv, stop, networks, stats_every)) if load else None
-    result: dict[str, Any] = {"params": {"containers": n, "scrapes": scrapes, "load": load}}
+    result: dict[str, Any] = {
+        "params": {"containers": n, "scrapes": scrapes, "load": load, "gzip": gzip}
+    }
     try:
         await asyncio.sleep(0.5)
         proc = await asyncio.create_subprocess_exec(
@@ -264,6 +268,7 @@ def in_process_report(result: dict[str, Any]) -> str:
         [
             f"/metrics in process: {p['containers']} containers, loop "
             + ("loaded" if p["load"] else "idle")
+            + (", compression: gzip" if p.get("gzip") else "")
             + "; from a client in a child process (medians)",
             table(
                 ["asked", "got", "scrapes", "head ms", "whole ms", "max ms", "wire MB", "MB"],

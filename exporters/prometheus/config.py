@@ -43,6 +43,13 @@ class PrometheusConfig(ExporterConfig):
         "under the process's RLIMIT_NOFILE.",
     )
 
+    compression: Literal["none", "gzip"] = Field(
+        "none",
+        description="`gzip`: answer /metrics gzipped to a scraper that accepts it (Prometheus "
+        "asks by default): about 7 x fewer bytes (1.3 MB instead of 7.4 for 1,000 "
+        "containers) for ~5 ms of CPU here and the scraper's inflating; `none`: always "
+        "plain, which on one host answers sooner (benchmarks.md).",
+    )
     status: bool = Field(
         True,
         description="Serve `/status`: what the agent is doing, as JSON (`container-agent "

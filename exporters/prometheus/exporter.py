@@ -3,7 +3,8 @@
 
 It takes no records from the pipeline: its collectors read the agent's state at scrape
 time. ``/metrics`` answers in OpenMetrics when the scraper asks for it (Accept header),
-else in the Prometheus text format.
+else in the Prometheus text format; gzipped (``compression: gzip``) when the scraper
+accepts it, compressed in the build thread once per answer.
 
 A scrape must not hold up log shipping: the state is copied on the event loop (a few
 microseconds per container, ``agent.metrics.collectors``) and the families and the text
@@ -32,7 +33,7 @@ from agent.record import Record
 from exporters.base import Exporter, Health, register
 from exporters.prometheus import views
 from exporters.prometheus.config import PrometheusConfig
-from exporters.prometheus.exposition import SWITCH, Snapshot, render
+from exporters.prometheus.exposition import SWITCH, Snapshot, gzip_body, render, wants_gzip
 from exporters.prometheus.listener import Listener, Throttled, server_logger
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class PrometheusExporter(Exporter):
         self._agent: AgentCollector | None = None
         self._process: Any = None
         self._text_cache: TextCache | None = None  # the build thread's alone
+        self._gzip: _Gzip | None = None  # the body being gzipped
         self._runner: web.AppRunner | None = None
         self.listener: Listener | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -131,7 +133,30 @@ class PrometheusExporter(Exporter):
         openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
         body = await self.exposition(openmetrics)
         ctype = om_format.CONTENT_TYPE_LATEST if openmetrics else text_format.CONTENT_TYPE_LATEST
-        return web.Response(body=body, headers={"Content-Type": ctype})
+        headers = {"Content-Type": ctype}
+        if self.config.compression == "gzip":
+            headers["Vary"] = "Accept-Encoding"
+        if self.config.compression == "gzip" and wants_gzip(
+            request.headers.get("Accept-Encoding", "")
+        ):
+            body = await self._gzipped(body)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    async def _gzipped(self, body: bytes) -> bytes:
+        """``body`` gzipped in the build thread, once for all the scrapes it answers that
+        wait for it together (then it is let go)."""
+        last = self._gzip
+        if last is None or last.body is not body:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, gzip_body, body)
+            last = self._gzip = _Gzip(body, future)
+        last.waiting += 1
+        try:
+            return await asyncio.shield(last.future)
+        finally:
+            last.waiting -= 1
+            if not last.waiting and self._gzip is last:
+                self._gzip = None
 
     async def exposition(self, openmetrics: bool = False) -> bytes:
         """The /metrics body, from a copy of the state taken after this call began."""
@@ -243,6 +268,15 @@ class PrometheusExporter(Exporter):
 
     def health(self) -> Health:
         return Health(self._runner is not None, "" if self._runner else "not serving")
+
+
+class _Gzip:
+    """A body and its gzip under way, for the scrapes waiting for it."""
+
+    def __init__(self, body: bytes, future: asyncio.Future[bytes]) -> None:
+        self.body = body
+        self.future = future
+        self.waiting = 0
 
 
 def _starting() -> web.Response:

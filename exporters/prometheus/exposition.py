@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,12 @@ if TYPE_CHECKING:
     from agent.metrics.collectors import AgentSnapshot, ContainersSnapshot
     from agent.metrics.text import TextCache
     from exporters.prometheus.listener import ListenerCounters
+
+_isal_zlib: Any
+try:
+    from isal import isal_zlib as _isal_zlib
+except ImportError:  # pragma: no cover - depends on the installation
+    _isal_zlib = None
 
 # While the build thread runs, the event loop's thread waits for the GIL after each of its
 # system calls until the builder gives it up: up to the switch interval (5 ms by default),
@@ -172,3 +179,30 @@ def render(
     fmt = om_format if openmetrics else text_format
     parts.append(bytes(fmt.generate_latest(_Families(metrics))))
     return b"".join(parts)  # one copy of the answer's ~7 KB a container
+
+
+# -- gzip ---------------------------------------------------------------------------------------
+
+
+def wants_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header accepts gzip (Prometheus sends
+    ``gzip``; ``gzip;q=0`` refuses it)."""
+    for item in accept_encoding.lower().split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip() in ("gzip", "x-gzip", "*"):
+            q = params.strip()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
+
+
+def gzip_body(body: bytes) -> bytes:
+    """``body`` as one gzip member, at the fastest level: ISA-L's deflate when installed
+    (``isal``: ~4 ms for 7 MB of /metrics, 7x smaller), else zlib's (~5x slower). In the
+    build thread."""
+    c = (_isal_zlib or zlib).compressobj(1, zlib.DEFLATED, 31)
+    return bytes(c.compress(body) + c.flush())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
 from typing import Any
 
 import aiohttp
@@ -149,6 +150,44 @@ async def test_openmetrics_health_and_readiness(metrics_agent) -> None:
             body = await resp.json()
             assert resp.status == 200, body
             assert body["ready"] and body["engine"]["ok"] and body["exporters"]["records"]["ok"]
+
+
+async def test_gzip_when_the_scraper_accepts_it(start_agent, containers, tmp_path) -> None:
+    """Prometheus asks ``Accept-Encoding: gzip``: with ``compression: gzip``, the same
+    text, gzipped; a scraper that does not accept gzip gets it plain."""
+    port = free_port()
+    await start_agent(
+        exporters={
+            "records": {"type": "file", "path": str(tmp_path / "records-0.ndjson")},
+            "metrics": {
+                "type": "prometheus",
+                "listen": f"127.0.0.1:{port}",
+                "container_labels": ["team"],
+                "compression": "gzip",
+            },
+        },
+    )
+    await containers.run("echo hi; sleep 30", labels={"team": "gz"})
+    url = f"http://127.0.0.1:{port}/metrics"
+    got = {}
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        for encoding in ("gzip", "identity", "gzip;q=0", "deflate, gzip;q=0.5"):
+            for _ in range(50):  # until the container is in the answer
+                async with session.get(url, headers={"Accept-Encoding": encoding}) as resp:
+                    raw = await resp.read()
+                    gzipped = resp.headers.get("Content-Encoding") == "gzip"
+                    assert "Accept-Encoding" in resp.headers.get("Vary", "")
+                text = (zlib.decompress(raw, 31) if gzipped else raw).decode()
+                if 'container_label_team="gz"' in text:
+                    break
+                await asyncio.sleep(0.2)
+            got[encoding] = (gzipped, samples(text))
+    assert [g for g, _ in got.values()] == [True, False, False, True]
+    gz, plain = got["gzip"][1], got["identity"][1]
+    # the same series (values move between scrapes, and a family may appear in between:
+    # compare the labels of those there from a container's first sighting)
+    for name in ("container_state", "container_health_status", "container_last_seen"):
+        assert sorted(str(s.labels) for s in gz[name]) == sorted(str(s.labels) for s in plain[name])
 
 
 async def test_readyz_says_why_not_when_an_exporter_fails(start_agent, tmp_path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -392,3 +393,14 @@ def test_processing_counters_never_go_back_when_containers_are_forgotten() -> No
         proc.counters.setdefault(meta(i).id, Counter())["parsed"] += 1
     assert len(proc.counters) <= 2
     assert proc.totals()["parsed"] == 5
+
+
+def test_which_accept_encodings_take_gzip() -> None:
+    from exporters.prometheus.exposition import gzip_body, wants_gzip
+
+    for header in ("gzip", "gzip, deflate", "deflate, gzip;q=0.5", "*", "GZIP", "x-gzip"):
+        assert wants_gzip(header), header
+    for header in ("", "identity", "deflate", "gzip;q=0", "gzip;q=0.0", "br, gzip;q=bad"):
+        assert not wants_gzip(header), header
+    body = b'container_state{id="/docker/x"} 1.0\n' * 1000
+    assert zlib.decompress(gzip_body(body), 31) == body
