@@ -44,9 +44,12 @@ def sanitize_label(name: str) -> str:
 # -- snapshots: plain copies taken on the event loop ----------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContainerRow:
-    """One container as one scrape sees it, copied from its ``ContainerInfo``."""
+    """One container as one scrape sees it, copied from its ``ContainerInfo``. Nothing
+    changes a row once made; it is not a frozen dataclass only because a frozen one's
+    ``__init__`` sets each field through ``object.__setattr__``: 1.5 ms of the 2.7 ms the
+    loop spent copying 1,000 containers."""
 
     labels: tuple[str, ...]  # id, name, image, then the allowlisted labels' values
     state: str
@@ -78,12 +81,9 @@ class ContainersSnapshot:
 
 def _row(info: ContainerInfo, cgroup: str | None, allow: list[str]) -> ContainerRow:
     meta = info.meta
-    labels = (
-        "/" + (cgroup or f"docker/{meta.id}"),
-        meta.name,
-        meta.image,
-        *(meta.labels.get(k, "") for k in allow),
-    )
+    labels: tuple[str, ...] = ("/" + (cgroup or "docker/" + meta.id), meta.name, meta.image)
+    if allow:
+        labels += tuple([meta.labels.get(k, "") for k in allow])
     lines, chars, s = info.log_lines, info.log_bytes, info.stats
     networks: tuple[tuple[str, NetCounters], ...] = ()
     io: tuple[tuple[str, int, int], ...] = ()
