@@ -45,6 +45,13 @@ second. ``--bulk``: 4 containers x 250,000 lines as fast as they can, read by th
 
     python -m bench.scale [--scale-n 100,300] [--scale-rates 1,10] [--with-1000]
         [--scale-window 20] [--profile] [--bulk] [--no-shapes]
+        [--scale-phases engine,files,fluent-bit,api]   # a subset, in this order
+        [--ab-agent ../main/.venv/bin/container-agent --ab-rounds 3]   # A/B, same run
+
+``--ab-agent``: each agent phase is run again with another tree's agent (``files@b``,
+``api@b``) on the same containers, ``--ab-rounds`` times, which goes first alternating;
+a table then gives both sides' medians. Each scrape point asks twice: as aiohttp does
+(``Accept-Encoding: gzip, deflate``) and for ``identity``.
 """
 
 from __future__ import annotations
@@ -468,12 +475,17 @@ class GroupCpu:
         return sum(v - self._start[p] for p, v in end.items() if p in self._start)
 
 
-async def metrics_scrape(port: int) -> tuple[float, int]:
+async def metrics_scrape(port: int, identity: bool = False) -> tuple[float, int, int]:
+    """One scrape as a new client: seconds to the whole answer, its bytes, and the bytes
+    on the wire. aiohttp asks ``Accept-Encoding: gzip, deflate`` (as Prometheus asks
+    gzip); ``identity``: asks for the plain text."""
+    headers = {"Accept-Encoding": "identity"} if identity else {}
     async with aiohttp.ClientSession() as session:
         t0 = time.perf_counter()
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        async with session.get(f"http://127.0.0.1:{port}/metrics", headers=headers) as resp:
             body = await resp.read()
-        return time.perf_counter() - t0, len(body)
+            wire = int(resp.headers.get("Content-Length") or len(body))
+        return time.perf_counter() - t0, len(body), wire
 
 
 def free_port() -> int:
@@ -543,7 +555,7 @@ class Reader:
         }
         path = self.workdir / "agent.yaml"
         path.write_text(json.dumps(config, indent=2) + "\n")
-        command = agent_command()
+        command = ctx.get("agent_command") or agent_command()
         env = dict(os.environ)
         if gc_wrapper:
             command = [sys.executable, "-c", GC_WRAPPER]
@@ -669,13 +681,16 @@ async def reader_phase(
         meter = CpuMeter(reader=pid, dockerd=dockerd_pid()).start()
         w0 = time.time()
         watch.window = (w0, w0 + args.scale_window)
-        scrapes: list[tuple[float, int]] = []
+        scrapes: list[tuple[float, int, int]] = []
+        plain: list[tuple[float, int, int]] = []
         if reader.port is not None and args.scale_scrapes:
             step = args.scale_window / args.scale_scrapes
             for i in range(args.scale_scrapes):
                 await asyncio.sleep(max(0.0, w0 + step * (i + 0.5) - time.time()))
                 with contextlib.suppress(aiohttp.ClientError, OSError):
                     scrapes.append(await metrics_scrape(reader.port))
+                    await asyncio.sleep(0.5)
+                    plain.append(await metrics_scrape(reader.port, identity=True))
         await asyncio.sleep(max(0.0, w0 + args.scale_window - time.time()))
         used = meter.stop()
         elapsed = time.time() - w0
@@ -703,8 +718,14 @@ async def reader_phase(
                 "max_ms": 1000 * max(lat) if lat else None,
                 "lines_per_s": watch.window_lines / elapsed,
                 "caught_up_at_window": caught,
-                "scrape_ms": 1000 * (median(s for s, _ in scrapes) or 0) if scrapes else None,
-                "scrape_kb": median(b / 1024 for _, b in scrapes) if scrapes else None,
+                "scrape_ms": 1000 * (median(s for s, _, _ in scrapes) or 0) if scrapes else None,
+                "scrape_kb": median(b / 1024 for _, b, _ in scrapes) if scrapes else None,
+                "scrape_wire_kb": median(w / 1024 for _, _, w in scrapes) if scrapes else None,
+                "scrape_identity_ms": 1000 * (median(s for s, _, _ in plain) or 0)
+                if plain
+                else None,
+                "scrapes_ms": [round(1000 * s, 1) for s, _, _ in scrapes],
+                "scrapes_identity_ms": [round(1000 * s, 1) for s, _, _ in plain],
                 "others_cpu_s": others.cpu_s,
                 "others_top": others.top,
                 "foreign_containers": foreign,
@@ -960,7 +981,16 @@ async def run_shape(
     ctx = dict(base, run_id=run_id, n=n, rate=rate, engine=engine)
     ctx["profile"] = args.profile and n in args.profile_n and rate in args.profile_rates
     result: dict[str, Any] = {"n": n, "rate": rate, "phases": {}}
-    phases = [p for p in PHASES if p != "fluent-bit" or base.get("fluent_bit")]
+    phases = [p for p in args.scale_phases if p != "fluent-bit" or base.get("fluent_bit")]
+    runs = []  # (name, phase, agent command or None: this tree's)
+    for i in range(args.ab_rounds if args.ab_agent else 1):
+        suffix = f" r{i + 1}" if i else ""
+        for phase in phases:
+            if args.ab_agent and phase in ("files", "api"):
+                pair = [(phase + suffix, phase, None), (f"{phase}@b{suffix}", phase, args.ab_agent)]
+                runs.extend(pair if i % 2 == 0 else pair[::-1])  # alternate which goes first
+            elif i == 0:
+                runs.append((phase, phase, None))
     try:
         await wait_quiet(engine, args.quiet_wait)
         log(f"scale {n} x {rate:g}/s: starting {n} containers")
@@ -980,13 +1010,14 @@ async def run_shape(
             f"  created in {setup['create_s']:.1f} s, started in {setup['start_s']:.1f} s, "
             f"all printing {setup['printing_s']:.1f} s later"
         )
-        for phase in phases:
+        for name, phase, command in runs:
             for attempt in range(args.retries + 1):
-                log(f"  {n} x {rate:g}/s: {phase}")
+                log(f"  {n} x {rate:g}/s: {name}")
                 if phase == "engine":
                     r = await engine_phase(args, ctx, ids)
                 else:
-                    r = await reader_phase(phase, args, ctx, ids)
+                    run_ctx = dict(ctx, agent_command=[command]) if command else ctx
+                    r = await reader_phase(phase, args, run_ctx, ids)
                 r["discarded_attempts"] = attempt
                 log("  " + summary_line(r))
                 if not r["skewed"] or attempt == args.retries:
@@ -997,7 +1028,7 @@ async def run_shape(
                     f"{r['foreign_containers']} other container(s); measuring again"
                 )
                 await wait_quiet(engine, args.quiet_wait)
-            result["phases"][phase] = r
+            result["phases"][name] = r
     finally:
         t = time.perf_counter()
         await engine.cleanup(run_id)
@@ -1032,7 +1063,9 @@ ROWS = (
     ("p99_ms", "latency p99 ms"),
     ("max_ms", "latency max ms"),
     ("lines_per_s", "lines/s delivered"),
-    ("scrape_ms", "/metrics ms (median)"),
+    ("scrape_ms", "/metrics ms (median; gzip asked)"),
+    ("scrape_wire_kb", "/metrics KB on the wire"),
+    ("scrape_identity_ms", "/metrics ms (median; identity)"),
     ("scrape_kb", "/metrics KB"),
 )
 
@@ -1040,7 +1073,7 @@ ROWS = (
 def shape_table(s: dict[str, Any]) -> str:
     ph = s["phases"]
     fb = ph.get("fluent-bit")
-    cols = [p for p in PHASES if p in ph]
+    cols = list(ph)
     headers = ["", *cols]
     if fb:
         headers += [f"{p} / fluent-bit" for p in ("files", "api") if p in ph]
@@ -1098,7 +1131,54 @@ def shape_table(s: dict[str, Any]) -> str:
         prof = ph[p].get("profile")
         if prof:
             lines.append(profile_text(p, prof))
+    ab = ab_table(ph)
+    if ab:
+        lines.append(ab)
     return "\n".join(lines)
+
+
+AB_KEYS = (
+    ("scrape_ms", "/metrics ms, gzip asked"),
+    ("scrape_identity_ms", "/metrics ms, identity"),
+    ("scrape_wire_kb", "/metrics KB on the wire"),
+    ("cpu_pct", "CPU %"),
+    ("p99_ms", "latency p99 ms"),
+)
+
+
+def ab_table(ph: dict[str, Any]) -> str:
+    """With --ab-agent: this tree (a) against the other (b), medians over the rounds; and
+    every scrape's time, a's then b's."""
+    out = []
+    for phase in ("files", "api"):
+        a = [r for name, r in ph.items() if name.split(" ")[0] == phase]
+        b = [r for name, r in ph.items() if name.split(" ")[0] == f"{phase}@b"]
+        if not a or not b:
+            continue
+        rows = []
+        for key, title in AB_KEYS:
+            ma, mb = median(r.get(key) for r in a), median(r.get(key) for r in b)
+            rows.append([title, ma, mb, _ratio(ma, mb)])
+        for key in ("scrapes_ms", "scrapes_identity_ms"):
+            for tag, runs in (("a", a), ("b", b)):
+                every = sorted(x for r in runs for x in r.get(key, []))
+                rows.append([f"{key} {tag}: median of all", median(every), None, None])
+        out.append(
+            f"{phase}: this tree (a) against --ab-agent (b), medians of {len(a)} and {len(b)} "
+            "run(s)"
+        )
+        out.append(table(["", "a", "b", "a / b"], rows))
+        for tag, runs in (("a", a), ("b", b)):
+            out.append(
+                f"  {tag} scrapes (gzip asked | identity), ms: "
+                + "; ".join(
+                    " ".join(f"{x:.0f}" for x in r.get("scrapes_ms", []))
+                    + " | "
+                    + " ".join(f"{x:.0f}" for x in r.get("scrapes_identity_ms", []))
+                    for r in runs
+                )
+            )
+    return "\n".join(out)
 
 
 def profile_text(phase: str, prof: dict[str, Any]) -> str:
@@ -1463,6 +1543,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="Fluent Bit's tail Path: <containers dir>/*/*-json.log (glob), the run's "
         "containers' files (ids), or the glob when no other container runs (auto)",
+    )
+    g.add_argument(
+        "--scale-phases",
+        type=lambda text: [p for p in text.split(",") if p],
+        default=list(PHASES),
+        help="which phases, in this order (engine,files,fluent-bit,api)",
+    )
+    g.add_argument(
+        "--ab-agent",
+        help="a container-agent of another tree (e.g. ../main/.venv/bin/container-agent): "
+        "each files and api phase is run again with it, as files@b and api@b, in the same "
+        "run on the same containers",
+    )
+    g.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=1,
+        help="with --ab-agent: rounds of the agent phases, which goes first alternating (1)",
     )
     g.add_argument("--profile", action="store_true", help="py-spy and strace after agent windows")
     g.add_argument(
