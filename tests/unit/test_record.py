@@ -284,3 +284,25 @@ def test_c_encoder_writes_processed_records_itself(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(Record, "json", refuse)
     assert ext.encode_ndjson(recs) == want
     assert all(r._json is None for r in recs)
+
+
+def test_c_encoder_output_buffer_sizes() -> None:
+    """The C encoder sizes its output from the previous batch's bytes per record and keeps
+    a nearly full buffer as it is: batches of very different record sizes one after the
+    other still give exactly the Python bytes, as ordinary bytes objects."""
+    from agent.speedups import _load_extension
+
+    ext = _load_extension()
+    assert ext is not None, "agent._speedups is not built"
+    m = meta()
+    Record.log("t", m, "stdout", "x", False).json()
+    for size, count in [(0, 1), (5000, 3), (1, 2000), (20_000, 1), (10, 500), (10, 500)]:
+        for extra in range(3):
+            recs = [
+                Record.log("2026-11-28T10:11:45.000000001Z", m, "stdout", "y" * size, False)
+                for _ in range(count + extra)
+            ]
+            got = ext.encode_ndjson(recs)
+            want = encode_ndjson(recs)
+            assert got == want and len(got) == len(want) and hash(got) == hash(want)
+            assert bytes(got) == want and got[-1:] == b"\n" and got + b"" == want
