@@ -32,6 +32,9 @@ static Py_ssize_t off_extra = -1;
 static PyTypeObject *extra_type = NULL;
 static Py_ssize_t off_extra_level = -1, off_extra_fields = -1, off_extra_lines = -1;
 static PyObject *json_dumps = NULL;
+/* orjson.loads and orjson.JSONDecodeError, when setup() was given them: then encode_ndjson
+ * derives a JSON message's fields itself (agent.record._json_fields). */
+static PyObject *json_loads = NULL, *json_error = NULL;
 /* Every slot of Extra and the value a new one starts with (setup_extra): json_fields
  * builds one as Extra() does, without the call. */
 static Py_ssize_t extra_default_offsets[MAX_SLOTS];
@@ -81,6 +84,8 @@ clear_setup(void)
     off_kind = off_truncated = off_json = off_extra = -1;
     Py_CLEAR(extra_type);
     Py_CLEAR(json_dumps);
+    Py_CLEAR(json_loads);
+    Py_CLEAR(json_error);
     for (int i = 0; i < n_extra_defaults; i++) {
         Py_CLEAR(extra_default_values[i]);
     }
@@ -89,23 +94,32 @@ clear_setup(void)
 }
 
 PyDoc_STRVAR(setup_doc,
-"setup(record_type, defaults, streams[, extra_type, dumps])\n\n"
+"setup(record_type, defaults, streams[, extra_type, dumps[, loads, error]])\n\n"
 "Learns the record type's slots. Every slot must be either one of timestamp, meta,\n"
 "stream, message (set per line) or a key of ``defaults`` (the value every log record\n"
 "built here starts with); ``streams`` names the streams of header bytes 0, 1, 2.\n"
 "``extra_type`` (with slots level, fields, lines) and ``dumps`` (orjson.dumps): the\n"
-"type of a record's ``extra`` slot, whose results encode_ndjson then writes itself.");
+"type of a record's ``extra`` slot, whose results encode_ndjson then writes itself.\n"
+"``loads`` (orjson.loads) and ``error`` (orjson.JSONDecodeError): encode_ndjson then\n"
+"derives the fields of a message that is a JSON object itself, as Record.json() does.");
 
 static PyObject *
 setup(PyObject *self, PyObject *args)
 {
     PyObject *type, *defaults, *streams, *xtype = NULL, *dumps = NULL;
-    if (!PyArg_ParseTuple(args, "O!O!O!|O!O", &PyType_Type, &type, &PyDict_Type, &defaults,
-                          &PyTuple_Type, &streams, &PyType_Type, &xtype, &dumps)) {
+    PyObject *loads = NULL, *error = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!O!|O!OOO", &PyType_Type, &type, &PyDict_Type, &defaults,
+                          &PyTuple_Type, &streams, &PyType_Type, &xtype, &dumps, &loads,
+                          &error)) {
         return NULL;
     }
     if ((xtype == NULL) != (dumps == NULL) || (dumps != NULL && !PyCallable_Check(dumps))) {
         PyErr_SetString(PyExc_TypeError, "extra_type and a callable dumps go together");
+        return NULL;
+    }
+    if ((loads == NULL) != (error == NULL) ||
+        (loads != NULL && (!PyCallable_Check(loads) || !PyExceptionClass_Check(error)))) {
+        PyErr_SetString(PyExc_TypeError, "a callable loads and an exception class go together");
         return NULL;
     }
     if (PyTuple_GET_SIZE(streams) != 3) {
@@ -207,6 +221,10 @@ setup(PyObject *self, PyObject *args)
         }
         extra_type = (PyTypeObject *)Py_NewRef(xtype);
         json_dumps = Py_NewRef(dumps);
+        if (loads != NULL) {
+            json_loads = Py_NewRef(loads);
+            json_error = Py_NewRef(error);
+        }
     }
     Py_INCREF(type);
     record_type = (PyTypeObject *)type;
@@ -582,11 +600,12 @@ PyDoc_STRVAR(encode_ndjson_doc,
 "encode_ndjson(records) -> bytes\n\n"
 "agent.record.encode_ndjson: each record's JSON and a newline, the same bytes. A log\n"
 "line whose container's prefix for its stream is already built is written here from\n"
-"its prefix, stamp and escaped message, without a bytes object of its own, when it is\n"
-"plain (not truncated, not a JSON object) or has processing results (Record.extra:\n"
-"truncated, fields, level, lines written here too, fields by orjson.dumps), unless its\n"
-"message is a JSON object the results give no fields for; any other record through\n"
-"Record.json().");
+"its prefix, stamp and escaped message, without a bytes object of its own, with what\n"
+"follows it (truncated; fields, level, lines of its processing results, Record.extra;\n"
+"fields by orjson.dumps). A message that is a JSON object brace to brace, with no\n"
+"parsed fields, has its fields derived here by the ``loads`` setup() was given (without\n"
+"it, such a record, and a truncated one without results, go through Record.json()); any\n"
+"other record through Record.json().");
 
 static PyObject *
 encode_ndjson(PyObject *self, PyObject *arg)
@@ -608,6 +627,8 @@ encode_ndjson(PyObject *self, PyObject *arg)
     PyObject *last_meta = NULL, *last_stream = NULL, *prefix = NULL; /* borrowed */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *r = PySequence_Fast_GET_ITEM(seq, i);
+        /* A JSON message's fields, derived here, and the record held while they are. */
+        PyObject *derived = NULL, *held = NULL;
         if (Py_TYPE(r) != record_type) {
             goto general;
         }
@@ -620,6 +641,34 @@ encode_ndjson(PyObject *self, PyObject *arg)
             out_put(&o, PyBytes_AS_STRING(cached), len);
             out_put(&o, "\n", 1);
             continue;
+        }
+        int may_be_object = 0; /* the message is brace to brace and no fields were parsed */
+        if (json_loads != NULL) {
+            PyObject *message = SLOT(r, off_message), *extra = SLOT(r, off_extra);
+            Py_ssize_t mlen = message != NULL && PyUnicode_CheckExact(message)
+                                  ? PyUnicode_GET_LENGTH(message) : 0;
+            may_be_object = mlen > 0 && PyUnicode_READ_CHAR(message, 0) == '{' &&
+                            PyUnicode_READ_CHAR(message, mlen - 1) == '}' &&
+                            (extra == NULL || extra == Py_None ||
+                             (Py_TYPE(extra) == extra_type &&
+                              SLOT(extra, off_extra_fields) == Py_None));
+            if (may_be_object) {
+                /* First, before any slot is read: orjson's allocations may run the GC,
+                 * hence any code; the record and its message are held meanwhile. */
+                held = Py_NewRef(r);
+                Py_INCREF(message);
+                derived = PyObject_CallOneArg(json_loads, message);
+                Py_DECREF(message);
+                if (derived == NULL) {
+                    if (!PyErr_ExceptionMatches(json_error)) {
+                        goto fail;
+                    }
+                    PyErr_Clear(); /* not JSON: no fields */
+                }
+                else if (!PyDict_Check(derived)) {
+                    Py_CLEAR(derived);
+                }
+            }
         }
         PyObject *kind = SLOT(r, off_kind), *ts = SLOT(r, off_timestamp);
         PyObject *meta = SLOT(r, off_meta), *stream = SLOT(r, off_stream);
@@ -669,13 +718,20 @@ encode_ndjson(PyObject *self, PyObject *arg)
             extra = NULL;
         }
         PyObject *truncated = SLOT(r, off_truncated);
-        if (truncated != Py_False && (extra == NULL || truncated != Py_True)) {
+        if (truncated != Py_False &&
+            (truncated != Py_True || (extra == NULL && json_loads == NULL))) {
             goto general;
         }
         Py_ssize_t mlen = PyUnicode_GET_LENGTH(message);
         if (fields == NULL && mlen > 0 && PyUnicode_READ_CHAR(message, 0) == '{' &&
             PyUnicode_READ_CHAR(message, mlen - 1) == '}') {
-            goto general; /* maybe a JSON object: its fields, the Python way */
+            if (!may_be_object) {
+                goto general; /* maybe a JSON object: its fields, the Python way */
+            }
+            fields = derived; /* (None when it is not one) */
+        }
+        if (extra == NULL && (fields != NULL || truncated == Py_True)) {
+            extra = Py_None; /* what follows the message is written as for results */
         }
         if (meta != last_meta || stream != last_stream) {
             PyObject *prefixes = PyObject_GetAttr(meta, str_log_prefixes);
@@ -725,17 +781,28 @@ encode_ndjson(PyObject *self, PyObject *arg)
             if (out_extra(&o, truncated == Py_True, fields, level, lines) < 0) {
                 goto fail;
             }
-            continue;
+            goto next;
         }
         if (out_reserve(&o, 3) < 0) {
             goto fail;
         }
         out_put(&o, "\"}\n", 3);
-        continue;
+        goto next;
     general:
+        Py_CLEAR(derived);
         if (out_json_method(&o, r) < 0) {
             goto fail;
         }
+    next:
+        Py_XDECREF(derived);
+        Py_XDECREF(held);
+        continue;
+    fail:
+        Py_XDECREF(derived);
+        Py_XDECREF(held);
+        Py_DECREF(seq);
+        Py_XDECREF(o.bytes);
+        return NULL;
     }
     Py_DECREF(seq);
     if (n > 0) {
@@ -762,10 +829,6 @@ encode_ndjson(PyObject *self, PyObject *arg)
         return NULL;
     }
     return o.bytes;
-fail:
-    Py_DECREF(seq);
-    Py_XDECREF(o.bytes);
-    return NULL;
 }
 
 /* -- the json parser's per-line loop ------------------------------------------------- */

@@ -44,7 +44,15 @@ def _load_extension() -> ModuleType | None:
         from agent import _speedups  # type: ignore[attr-defined]
     except ImportError:
         return None
-    _speedups.setup(Record, _LOG_DEFAULTS, FRAME_STREAMS, Extra, orjson.dumps)
+    _speedups.setup(
+        Record,
+        _LOG_DEFAULTS,
+        FRAME_STREAMS,
+        Extra,
+        orjson.dumps,
+        orjson.loads,
+        orjson.JSONDecodeError,
+    )
     _speedups.setup_extra(_EXTRA_DEFAULTS)
     return _speedups
 

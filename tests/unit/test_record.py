@@ -286,6 +286,103 @@ def test_c_encoder_writes_processed_records_itself(monkeypatch: pytest.MonkeyPat
     assert all(r._json is None for r in recs)
 
 
+JSON_MESSAGE = st.one_of(
+    st.dictionaries(st.text(max_size=6), JSON_VALUE, max_size=4).map(
+        lambda d: orjson.dumps(d).decode()
+    ),
+    st.sampled_from(
+        [
+            '{"a":1,"b":"\\u0040"}',
+            '{"a":"\\ud800"}',  # a lone surrogate escaped: orjson refuses it
+            '{"a":1}{"b":2}',
+            '{"a":[1,2}',
+            "{x}",
+            "{}",
+            '{"é":"😀 \u2028","n":1e400,"big":18446744073709551616}',
+            '{"a":"lone \ud800 surrogate"}',  # not encodable at all: the same error
+            "{" + '"k":' * 0 + '"v":"' + "x" * 3000 + '"}',
+        ]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            JSON_MESSAGE | st.text(max_size=20),
+            st.booleans(),  # truncated
+            st.none() | st.sampled_from(["info", "error"]),  # an Extra with this level
+            st.sampled_from(["stdout", "stderr"]),
+        ),
+        max_size=10,
+    ),
+    st.integers(0, 3),  # records already encoded by Record.json() (cached)
+)
+def test_c_encoder_derives_json_fields_as_python_does(
+    rows: list[tuple[str, bool, str | None, str]], cached: int
+) -> None:
+    """A message that is (or looks like) a JSON object, with no parsed fields: its fields
+    are derived by the C encoder itself (orjson.loads), plain or with processing results,
+    truncated or not: the same bytes, or the same error, as ``Record.json()``."""
+    from agent.speedups import _load_extension
+
+    ext = _load_extension()
+    assert ext is not None, "agent._speedups is not built"
+    m = meta()
+    Record.log("t", m, "stdout", "x", False).json()  # both streams' prefixes: the C path
+    Record.log("t", m, "stderr", "x", False).json()
+
+    def made() -> list[Record]:
+        out = []
+        for i, (message, truncated, level, stream) in enumerate(rows):
+            r = Record.log(f"2026-11-28T10:11:45.{i:09d}Z", m, stream, message, truncated)
+            if level is not None:
+                r.extra = Extra()
+                r.extra.level = level
+            out.append(r)
+        for r in out[:cached]:
+            try:
+                r.json()
+            except orjson.JSONEncodeError:
+                pass
+        return out
+
+    try:
+        want = encode_ndjson(made())
+    except orjson.JSONEncodeError:
+        with pytest.raises(orjson.JSONEncodeError):
+            ext.encode_ndjson(made())
+        return
+    assert ext.encode_ndjson(made()) == want
+
+
+def test_c_encoder_writes_json_messages_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JSON message with no processing results, truncated or not, and one that only
+    looks like one: written by the C encoder without ``Record.json()``."""
+    from agent.speedups import _load_extension
+
+    ext = _load_extension()
+    assert ext is not None, "agent._speedups is not built"
+    m = meta()
+    Record.log("t", m, "stdout", "x", False).json()
+    rows = [('{"level":"info","msg":"a \\"q\\"","n":[1,{"b":null}]}', False)]
+    rows += [('{"a":1}', True), ("{not json}", False), ("{not json}", True), ("[1]", True)]
+    recs = [Record.log("2026-11-28T10:11:45.000000001Z", m, "stdout", msg, t) for msg, t in rows]
+    want = b"".join(r.json() + b"\n" for r in recs)
+    assert b'"fields":{"level":"info"' in want
+    assert b'"message":"{\\"a\\":1}","truncated":true,"fields":{"a":1}}' in want
+    for r in recs:
+        r._json = None
+
+    def refuse(self: Record) -> bytes:
+        raise AssertionError("Record.json() called")
+
+    monkeypatch.setattr(Record, "json", refuse)
+    assert ext.encode_ndjson(recs) == want
+    assert all(r._json is None for r in recs)
+
+
 def test_c_encoder_output_buffer_sizes() -> None:
     """The C encoder sizes its output from the previous batch's bytes per record and keeps
     a nearly full buffer as it is: batches of very different record sizes one after the
