@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import orjson
 import pytest
@@ -277,15 +278,7 @@ def test_c_encoder_writes_processed_records_itself(monkeypatch: pytest.MonkeyPat
         recs.append(r)
     recs[1].message = "plain"  # no fields: a JSON message's would be derived in Python
     want = b"".join(r.json() + b"\n" for r in recs)
-    for r in recs:
-        r._json = None
-
-    def refuse(self: Record) -> bytes:
-        raise AssertionError("Record.json() called")
-
-    monkeypatch.setattr(Record, "json", refuse)
-    assert ext.encode_ndjson(recs) == want
-    assert all(r._json is None for r in recs)
+    assert_encoded_without_record_json(ext, recs, want, monkeypatch)
 
 
 JSON_MESSAGE = st.one_of(
@@ -372,15 +365,7 @@ def test_c_encoder_writes_json_messages_itself(monkeypatch: pytest.MonkeyPatch) 
     want = b"".join(r.json() + b"\n" for r in recs)
     assert b'"fields":{"level":"info"' in want
     assert b'"message":"{\\"a\\":1}","truncated":true,"fields":{"a":1}}' in want
-    for r in recs:
-        r._json = None
-
-    def refuse(self: Record) -> bytes:
-        raise AssertionError("Record.json() called")
-
-    monkeypatch.setattr(Record, "json", refuse)
-    assert ext.encode_ndjson(recs) == want
-    assert all(r._json is None for r in recs)
+    assert_encoded_without_record_json(ext, recs, want, monkeypatch)
 
 
 def test_c_encoder_output_buffer_sizes() -> None:
@@ -403,3 +388,19 @@ def test_c_encoder_output_buffer_sizes() -> None:
             want = encode_ndjson(recs)
             assert got == want and len(got) == len(want) and hash(got) == hash(want)
             assert bytes(got) == want and got[-1:] == b"\n" and got + b"" == want
+
+
+def assert_encoded_without_record_json(
+    ext: Any, recs: list[Record], want: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The C encoder writes ``want`` for ``recs`` without calling ``Record.json()`` (nor
+    caching its bytes on the records)."""
+    for r in recs:
+        r._json = None
+
+    def refuse(self: Record) -> bytes:
+        raise AssertionError("Record.json() called")
+
+    monkeypatch.setattr(Record, "json", refuse)
+    assert ext.encode_ndjson(recs) == want
+    assert all(r._json is None for r in recs)

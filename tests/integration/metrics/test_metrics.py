@@ -41,8 +41,9 @@ def value(parsed: dict[str, list[Any]], metric: str, **labels: str) -> float | N
     return None
 
 
-@pytest.fixture
-async def metrics_agent(start_agent, tmp_path):
+async def start_with_metrics(start_agent, tmp_path, **prometheus):
+    """An agent with a file exporter and a prometheus one (``container_labels: [team]``,
+    plus ``prometheus``) on a free port: (agent, port)."""
     port = free_port()
     agent = await start_agent(
         exporters={
@@ -51,11 +52,17 @@ async def metrics_agent(start_agent, tmp_path):
                 "type": "prometheus",
                 "listen": f"127.0.0.1:{port}",
                 "container_labels": ["team"],
+                **prometheus,
             },
         },
         stats={"interval_seconds": 1},
     )
     return agent, port
+
+
+@pytest.fixture
+async def metrics_agent(start_agent, tmp_path):
+    return await start_with_metrics(start_agent, tmp_path)
 
 
 async def test_container_metrics_with_known_behaviour(metrics_agent, containers) -> None:
@@ -155,18 +162,7 @@ async def test_openmetrics_health_and_readiness(metrics_agent) -> None:
 async def test_gzip_when_the_scraper_accepts_it(start_agent, containers, tmp_path) -> None:
     """Prometheus asks ``Accept-Encoding: gzip``: with ``compression: gzip``, the same
     text, gzipped; a scraper that does not accept gzip gets it plain."""
-    port = free_port()
-    await start_agent(
-        exporters={
-            "records": {"type": "file", "path": str(tmp_path / "records-0.ndjson")},
-            "metrics": {
-                "type": "prometheus",
-                "listen": f"127.0.0.1:{port}",
-                "container_labels": ["team"],
-                "compression": "gzip",
-            },
-        },
-    )
+    _agent, port = await start_with_metrics(start_agent, tmp_path, compression="gzip")
     await containers.run("echo hi; sleep 30", labels={"team": "gz"})
     url = f"http://127.0.0.1:{port}/metrics"
     got = {}

@@ -119,28 +119,26 @@ def test_the_text_is_what_prometheus_client_writes(snap: ContainersSnapshot, om:
     assert container_text(snap, om) == reference(snap, om)
 
 
+def running_row(
+    labels: tuple[str, ...],
+    last_log: str | None,
+    log_source: str,
+    networks: tuple[tuple[str, NetCounters], ...] = (),
+) -> ContainerRow:
+    """A running container with stats (2.5 s of CPU, 123,456,789 bytes, 3 pids) and 5 / 6
+    lines of 50 / 60 characters on stdout / stderr."""
+    s = StatsSample(0, 2_500_000_000, 0, 0, None, 1, 123_456_789, 0, 0, 0, 0, 3)
+    return ContainerRow(
+        labels, "running", None, 1.7e9, 0, None, 0, 1.7e9, (5, 6), (50, 60),
+        last_log, log_source, 0, 0, s, networks, (),
+    )  # fmt: skip
+
+
 def test_a_real_shaped_answer_parses_back() -> None:
     """A plain case read back by prometheus-client's parser, so equal-to-the-reference is
     not equal-but-both-wrong."""
-    s = StatsSample(0, 2_500_000_000, 0, 0, None, 1, 123_456_789, 0, 0, 0, 0, 3)
-    row = ContainerRow(
-        ('/docker/ab"c', "web\n1", "busybox"),
-        "running",
-        None,
-        1.7e9,
-        0,
-        None,
-        0,
-        1.7e9,
-        (5, 6),
-        (50, 60),
-        None,
-        "json-file",
-        0,
-        0,
-        s,
-        (("lo", NetCounters(rx_bytes=7)),),
-        (),
+    row = running_row(
+        ('/docker/ab"c', "web\n1", "busybox"), None, "json-file", (("lo", NetCounters(rx_bytes=7)),)
     )
     snap = ContainersSnapshot(("id", "name", "image"), (row,), 1.7e9)
     families = {f.name: f for f in text_string_to_metric_families(container_text(snap))}
@@ -256,26 +254,7 @@ def test_a_cache_gives_the_text_of_each_scrape(
 def test_a_cache_keeps_lines_while_their_fields_are_the_same() -> None:
     """What the cache is for: a second build from the same values writes only the
     families that depend on the scrape's time (the read lag)."""
-    s = StatsSample(0, 2_500_000_000, 0, 0, None, 1, 123_456_789, 0, 0, 0, 0, 3)
-    row = ContainerRow(
-        ("/docker/x", "web", "busybox"),
-        "running",
-        None,
-        1.7e9,
-        0,
-        None,
-        0,
-        1.7e9,
-        (5, 6),
-        (50, 60),
-        "2026-12-01T00:00:00.123456789Z",
-        "files",
-        0,
-        0,
-        s,
-        (),
-        (),
-    )
+    row = running_row(("/docker/x", "web", "busybox"), "2026-12-01T00:00:00.123456789Z", "files")
     cache = TextCache()
     first = container_text(ContainersSnapshot(("id", "name", "image"), (row,), 1.8e9), False, cache)
     (kept,) = cache.containers.values()
