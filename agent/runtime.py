@@ -12,8 +12,9 @@ import contextlib
 import os
 import signal
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -50,6 +51,11 @@ FIRST_CHECKPOINT_POLL_SECONDS = 0.05  # after a start: how soon a first delivery
 
 
 PID_FILE = "agent.pid"  # under state_dir: `container-agent reload` signals this process
+# A first call to the engine that takes longer is reported while the agent waits on (up
+# to the call's own timeout): a wedged engine answers /version but not /info, for one.
+SLOW_ENGINE_SECONDS = 5.0
+
+T = TypeVar("T")
 
 
 def write_pid_file(state_dir: str) -> Path:
@@ -224,8 +230,8 @@ class Runtime:
     async def run(self) -> int:
         cfg = self.config
         try:
-            version = await self.engine.version()
-            info = await self.engine.info()
+            version = await _noting_slow(self.engine.version(), "GET /version", cfg.engine.host)
+            info = await _noting_slow(self.engine.info(), "GET /info", cfg.engine.host)
         except EngineError as exc:
             await self.engine.close()
             log.error(
@@ -385,3 +391,25 @@ class Runtime:
         runners = self.pipeline.runners
         dropped = {r.name: dict(r.dropped) for r in runners if r.dropped}
         log.info("agent_stopped", exported={r.name: r.exported for r in runners}, dropped=dropped)
+
+
+async def _noting_slow(call: Awaitable[T], what: str, host: str) -> T:
+    """``call``'s answer; when it takes longer than ``SLOW_ENGINE_SECONDS``, the wait goes
+    on (the call's own timeout ends it) and ``engine_slow`` says what the agent waits for:
+    an engine that accepts connections but does not answer leaves no other trace."""
+    task = asyncio.ensure_future(call)
+    try:
+        done, _pending = await asyncio.wait({task}, timeout=SLOW_ENGINE_SECONDS)
+        if not done:
+            log.warning(
+                "engine_slow",
+                host=host,
+                call=what,
+                waited_seconds=SLOW_ENGINE_SECONDS,
+                hint="the engine accepted the connection but has not answered yet; the agent "
+                "waits up to the call's timeout (30 s), then exits (engine_unreachable)",
+            )
+        return await task
+    finally:
+        if not task.done():
+            task.cancel()  # (the start itself was cancelled)

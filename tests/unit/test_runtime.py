@@ -364,3 +364,26 @@ def test_a_socket_the_agent_may_not_open_names_its_owner_and_the_agents_ids(
     assert "engine.tls" in tls and "DOCKER_CERT_PATH" in tls
     other = _unreachable_hint("unix:///nowhere.sock", "No such file or directory")
     assert "DOCKER_HOST" in other and "engine.host" in other
+
+
+async def test_a_slow_first_engine_call_is_reported_while_it_is_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An engine that accepts the connection but does not answer (a wedged dockerd answers
+    /version, not /info) is named in the log while the agent waits, not only at the
+    call's timeout."""
+    from agent import runtime
+
+    monkeypatch.setattr(runtime, "SLOW_ENGINE_SECONDS", 0.05)
+
+    async def answer(after: float, value: str) -> str:
+        await asyncio.sleep(after)
+        return value
+
+    with capture_logs() as logs:
+        assert await runtime._noting_slow(answer(0, "v"), "GET /version", "unix:///e") == "v"
+        assert await runtime._noting_slow(answer(0.3, "i"), "GET /info", "unix:///e") == "i"
+    slow = [e for e in logs if e["event"] == "engine_slow"]
+    assert [(e["call"], e["host"], e["log_level"]) for e in slow] == [
+        ("GET /info", "unix:///e", "warning")
+    ]
