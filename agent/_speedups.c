@@ -46,6 +46,18 @@ static PyObject *default_values[MAX_SLOTS];
 static int n_defaults = 0;
 static PyObject *stream_names[3] = {NULL, NULL, NULL};
 
+/* Whether setup() was called: the functions that build or read records need its offsets
+ * (else a RuntimeError is set). */
+static int
+set_up(void)
+{
+    if (record_type != NULL) {
+        return 1;
+    }
+    PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
+    return 0;
+}
+
 static int
 slot_offset(PyObject *type, PyObject *name, Py_ssize_t *out)
 {
@@ -281,8 +293,7 @@ bulk_frames(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!On", &PyList_Type, &frames, &meta, &max_bytes)) {
         return NULL;
     }
-    if (record_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
+    if (!set_up()) {
         return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(frames);
@@ -610,8 +621,7 @@ PyDoc_STRVAR(encode_ndjson_doc,
 static PyObject *
 encode_ndjson(PyObject *self, PyObject *arg)
 {
-    if (record_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
+    if (!set_up()) {
         return NULL;
     }
     PyObject *seq = PySequence_Fast(arg, "encode_ndjson() takes a sequence of records");
@@ -1129,8 +1139,7 @@ redact_gate(PyObject *self, PyObject *batch)
         PyErr_SetString(PyExc_TypeError, "redact_gate() takes a list");
         return NULL;
     }
-    if (record_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
+    if (!set_up()) {
         return NULL;
     }
     long found = 0;
@@ -1239,8 +1248,7 @@ find_any(PyObject *self, PyObject *args)
                           &at_start)) {
         return NULL;
     }
-    if (record_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "setup() was not called");
+    if (!set_up()) {
         return NULL;
     }
     Py_ssize_t k = PyTuple_GET_SIZE(needles);
