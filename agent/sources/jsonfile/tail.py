@@ -107,7 +107,6 @@ class _Tail(FileChain):
         self.live = _Liveness(None, polling=True)  # set by ``_start``
         self.trickle = True  # after data, look again after a short sleep before watching
         self._trickled = False  # the last wait was that short sleep
-        self._deadline = 0.0  # of the wake the watcher thread is asked for (``_wait``)
 
     async def run(self, positions: dict[str, Position], emit: Emit) -> StreamEnd:
         decoder = await self._start(positions)
@@ -285,9 +284,9 @@ class _Tail(FileChain):
             # liveness look) stands: should it come while the reader reads, the next wait
             # is one pass shorter, and the look is due anyway.
             deadline = armed + limit
-            if abs(deadline - self._deadline) > 0.1 or self.wake not in self.inotify.sleepers:
+            asked = self.inotify.sleepers.get(self.wake)  # (gone once it was set)
+            if asked is None or abs(deadline - asked) > 0.1:
                 self.inotify.sleep_until(self.wake, deadline)
-                self._deadline = deadline
             await self.wake.wait()
         else:
             with contextlib.suppress(TimeoutError):
