@@ -179,10 +179,12 @@ class FileChain:
         self.file_wd, self.file_watched, self.file_steady = wd, (ino, self.created), steady
 
     def unwatch_file(self) -> None:
-        """Ends a watch that stays: the writer writes too often for a wake-up per write."""
-        if self.file_wd >= 0 and self.inotify is not None:
-            self.inotify.files.remove(self.file_wd, self._on_file)
-        self.file_wd = -1
+        """Ends a watch that stays, if there is one: the writer writes too often for a
+        wake-up per write (a one-shot watch ends by itself)."""
+        if self.file_steady and self.file_wd >= 0:
+            if self.inotify is not None:
+                self.inotify.files.remove(self.file_wd, self._on_file)
+            self.file_wd = -1
 
     # -- the chain of files --------------------------------------------------------------
 

@@ -127,8 +127,7 @@ class _Tail(FileChain):
                 quiet = 0
                 await self._consume(f, decoder, data, cut, emit)
                 if got >= self.source.chunk_bytes:
-                    if self.file_steady and self.file_wd >= 0:
-                        self.unwatch_file()  # a burst: no event per write while it lasts
+                    self.unwatch_file()  # a burst: no event per write while it lasts
                     await asyncio.sleep(0)  # the next chunk may be read without a suspension
                     continue
                 # A short read ended at the end of the file: its size says whether more
@@ -261,8 +260,7 @@ class _Tail(FileChain):
             self.trickle = False  # the look after a short sleep found nothing: a slow writer
         self._trickled = False
         if quiet == 1 and self.trickle:
-            if self.file_steady and self.file_wd >= 0:
-                self.unwatch_file()
+            self.unwatch_file()
             self._trickled = True
             await asyncio.sleep(min(self.source.trickle_seconds, limit))
             return
