@@ -44,9 +44,9 @@ from agent import load_deferred_ca
 from agent.record import Record
 from agent.retry import Backoff
 from agent.secrets import Scrubber
+from exporters._compress import gzip_bytes
 from exporters.base import Exporter, Health, register
 from exporters.http.auth import build_headers
-from exporters.http.compress import gzip_bytes
 from exporters.http.config import HttpConfig
 from exporters.http.deadletter import DeadLetters
 from exporters.http.formats import Encoded, Encoder, make_encoder

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from exporters._compress import gzip_bytes
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -17,11 +18,6 @@ if TYPE_CHECKING:
     from agent.metrics.text import TextCache
     from exporters.prometheus.listener import ListenerCounters
 
-_isal_zlib: Any
-try:
-    from isal import isal_zlib as _isal_zlib
-except ImportError:  # pragma: no cover - depends on the installation
-    _isal_zlib = None
 
 # While the build thread runs, the event loop's thread waits for the GIL after each of its
 # system calls until the builder gives it up: up to the switch interval (5 ms by default),
@@ -204,5 +200,4 @@ def gzip_body(body: bytes) -> bytes:
     """``body`` as one gzip member, at the fastest level: ISA-L's deflate when installed
     (``isal``: ~4 ms for 7 MB of /metrics, 7x smaller), else zlib's (~5x slower). In the
     build thread."""
-    c = (_isal_zlib or zlib).compressobj(1, zlib.DEFLATED, 31)
-    return bytes(c.compress(body) + c.flush())
+    return gzip_bytes(body, 1)

@@ -19,8 +19,8 @@ from agent.config import ConfigError, parse
 from agent.record import ContainerMeta, Record, encode_ndjson, format_timestamp_ns
 from agent.retry import retry_after_seconds
 from agent.secrets import masked_url
+from exporters._compress import gzip_bytes
 from exporters.http.auth import expand_env
-from exporters.http.compress import gzip_bytes
 from exporters.http.config import HttpConfig
 from exporters.http.exporter import HttpExporter
 from exporters.http.formats import make_encoder, ts_to_ns, ts_to_ns_text

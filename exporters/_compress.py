@@ -1,5 +1,6 @@
-"""gzip of request bodies: ISA-L's deflate when the ``isal`` package is installed (the same
-gzip, 4-5x faster than zlib's at the same ratio), else zlib's."""
+"""gzip of the http exporter's request bodies and the prometheus exporter's answers:
+ISA-L's deflate when the ``isal`` package is installed (the same gzip, 4-5x faster than
+zlib's at the same ratio), else zlib's."""
 
 from __future__ import annotations
 
