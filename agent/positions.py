@@ -121,6 +121,17 @@ def advance(positions: dict[str, Position], records: list[Record]) -> None:
     A record with ``extra.end`` (processing: joined lines, lines dropped on purpose before
     it, a time taken from the text) accounts for the lines that says, not for one line
     at ``timestamp``."""
+    if len(records) == 1:
+        # One line (a quiet container's batch): no scan.
+        record = records[0]
+        extra = record.extra
+        if extra is None or extra.end is None:
+            ts, stream = record.timestamp, record.stream
+            if stream == "stdout" or stream == "stderr":
+                prev = positions.get(stream)
+                count = prev.count + 1 if prev is not None and prev.timestamp == ts else 1
+                positions[stream] = Position(ts, count)
+            return
     streams = list(map(_stream_of, records))
     streams.reverse()
     last = len(records) - 1

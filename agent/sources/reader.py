@@ -74,18 +74,24 @@ class ContainerReader:
         self.lines += len(batch)
         self.last_timestamp = batch[-1].timestamp
         info = self.followers.inventory.containers.get(self.meta.id)
-        if info is not None:
-            # Counted per batch at C speed; only a batch with stderr lines needs a loop.
-            err = list(map(_stream_of, batch)).count("stderr")
-            chars = sum(map(len, map(_message_of, batch)))
-            err_chars = (
-                sum(len(r.message or "") for r in batch if r.stream == "stderr") if err else 0
-            )
-            info.log_lines["stdout"] += len(batch) - err
-            info.log_lines["stderr"] += err
-            info.log_bytes["stdout"] += chars - err_chars
-            info.log_bytes["stderr"] += err_chars
+        if info is None:
+            return
+        if len(batch) == 1:  # a quiet container's batch: no scans
+            record = batch[0]
+            stream = "stderr" if record.stream == "stderr" else "stdout"
+            info.log_lines[stream] += 1
+            info.log_bytes[stream] += len(record.message or "")
             info.last_log_timestamp = self.last_timestamp
+            return
+        # Counted per batch at C speed; only a batch with stderr lines needs a loop.
+        err = list(map(_stream_of, batch)).count("stderr")
+        chars = sum(map(len, map(_message_of, batch)))
+        err_chars = sum(len(r.message or "") for r in batch if r.stream == "stderr") if err else 0
+        info.log_lines["stdout"] += len(batch) - err
+        info.log_lines["stderr"] += err
+        info.log_bytes["stdout"] += chars - err_chars
+        info.log_bytes["stderr"] += err_chars
+        info.last_log_timestamp = self.last_timestamp
 
     async def run(self) -> None:
         processing = self.followers.processing

@@ -96,6 +96,38 @@ def test_carry() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
+    lines=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(["stdout", "stderr", None]), st.booleans()),
+        min_size=1,
+        max_size=8,
+    ),
+    split=st.integers(0, 8),
+)
+def test_one_record_batches_advance_like_the_whole_batch(
+    lines: list[tuple[int, str | None, bool]], split: int
+) -> None:
+    """A batch advanced a record at a time (a quiet container's batches: the one-record
+    path) ends where the whole batch does, whatever the streams (an event has none) and
+    whichever records account for other lines (``extra.end``)."""
+    m = meta()
+    recs = []
+    for i, (s, stream, ended) in enumerate(sorted(lines, key=lambda line: line[0])):
+        r = Record.log(stamp(s), m, "stdout", str(i), False)
+        r.stream = stream
+        if ended:
+            set_end(r, (stamp(s), 2, True))
+        recs.append(r)
+    want: dict[str, Position] = {"stdout": Position(stamp(0), 5)}
+    got = dict(want)
+    advance(want, recs[:split])
+    advance(want, recs[split:])
+    for r in recs:
+        advance(got, [r])
+    assert got == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(
     runs=st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=4), min_size=1, max_size=8),
     split=st.integers(0, 8),
 )
