@@ -26,8 +26,12 @@ RSS, peak RSS, open descriptors and threads at the end, the p50/p99/max delivery
 of the lines it wrote in the window (the engine's stamp of each line to the moment the
 line appeared in its output file: a thread here follows that file with inotify and stamps
 each new line with ``time.time()``), the lines delivered per second against those offered
-(N x R), and, for the agent, ``/metrics`` scrape time and size (``--scale-scrapes`` scrapes
-spread over the window: their cost is in the window's CPU). Ratios: the agent's figures to
+(N x R), and, for the agent, ``/metrics`` scraped as Prometheus would, every
+``--scale-scrape-interval`` s (15; their cost is in the window's CPU). After the window,
+``--scale-scrapes`` more scrapes, 3 s apart (every row stale again), each asked for gzip
+(as Prometheus asks) and then for identity: their time (curl's, when installed: this
+process's own loop, following every output file, must not delay the answer it times), the
+agent's CPU per scrape, and the size. Ratios: the agent's figures to
 Fluent Bit's (same run), and the agent's CPU to the engine-only dockerd CPU. A phase
 during which other processes used the machine, or other containers ran on the engine, is
 measured again (``--retries``) once the machine is quiet; a phase still skewed is flagged.
@@ -44,14 +48,13 @@ second. ``--bulk``: 4 containers x 250,000 lines as fast as they can, read by th
 (files, api) and Fluent Bit in turn, lines/s until all arrive (medians of ``--bulk-runs``).
 
     python -m bench.scale [--scale-n 100,300] [--scale-rates 1,10] [--with-1000]
-        [--scale-window 20] [--profile] [--bulk] [--no-shapes]
+        [--scale-window 30] [--profile] [--bulk] [--no-shapes]
         [--scale-phases engine,files,fluent-bit,api]   # a subset, in this order
         [--ab-agent ../main/.venv/bin/container-agent --ab-rounds 3]   # A/B, same run
 
 ``--ab-agent``: each agent phase is run again with another tree's agent (``files@b``,
 ``api@b``) on the same containers, ``--ab-rounds`` times, which goes first alternating;
-a table then gives both sides' medians. Each scrape point asks twice: as aiohttp does
-(``Accept-Encoding: gzip, deflate``) and for ``identity``.
+a table then gives both sides' medians.
 """
 
 from __future__ import annotations
@@ -111,6 +114,9 @@ from bench.common import (
 )
 
 PHASES = ("engine", "files", "fluent-bit", "api")
+# Between the scrapes timed after the window: every row a line changed is stale again (as
+# at Prometheus's 15 s), not answered from the text cache of the scrape before.
+SCRAPE_GAP_SECONDS = 3.0
 CAUGHT_UP_S = 3.0  # a container's line delivered within this: the reader keeps up with it
 
 # The agent under --profile: counts GC collections and their time per generation; SIGUSR1
@@ -477,8 +483,38 @@ class GroupCpu:
 
 async def metrics_scrape(port: int, identity: bool = False) -> tuple[float, int, int]:
     """One scrape as a new client: seconds to the whole answer, its bytes, and the bytes
-    on the wire. aiohttp asks ``Accept-Encoding: gzip, deflate`` (as Prometheus asks
-    gzip); ``identity``: asks for the plain text."""
+    on the wire. It asks ``Accept-Encoding: gzip`` (as Prometheus does); ``identity``:
+    the plain text. With curl installed, curl scrapes and times itself, so that this
+    process's own loop (following 1,000 output files) does not delay the answer it
+    measures; else aiohttp (which asks ``gzip, deflate``)."""
+    curl = shutil.which("curl")
+    if curl is None:
+        return await _aiohttp_scrape(port, identity)
+    proc = await asyncio.create_subprocess_exec(
+        curl,
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-H",
+        f"Accept-Encoding: {'identity' if identity else 'gzip'}",
+        "-w",
+        "%{time_total} %{size_download} %{content_type}\\n%header{content-encoding}",
+        f"http://127.0.0.1:{port}/metrics",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode:
+        raise OSError(f"curl: {err.decode(errors='replace').strip()}")
+    first, _, encoding = out.decode().partition("\n")
+    seconds, size, _type = first.split(" ", 2)
+    wire = int(size)
+    # A gzipped answer's size before compression is not known here: the identity scrape
+    # beside it tells it.
+    return float(seconds), (0 if encoding.strip() == "gzip" else wire), wire
+
+
+async def _aiohttp_scrape(port: int, identity: bool) -> tuple[float, int, int]:
     headers = {"Accept-Encoding": "identity"} if identity else {}
     async with aiohttp.ClientSession() as session:
         t0 = time.perf_counter()
@@ -683,14 +719,16 @@ async def reader_phase(
         watch.window = (w0, w0 + args.scale_window)
         scrapes: list[tuple[float, int, int]] = []
         plain: list[tuple[float, int, int]] = []
-        if reader.port is not None and args.scale_scrapes:
-            step = args.scale_window / args.scale_scrapes
-            for i in range(args.scale_scrapes):
-                await asyncio.sleep(max(0.0, w0 + step * (i + 0.5) - time.time()))
+        scrape_cpu: list[float] = []
+        interval = args.scale_scrape_interval
+        if reader.port is not None and interval > 0:
+            # As Prometheus would scrape, in the window (their cost is in its CPU).
+            at = interval / 2
+            while at < args.scale_window:
+                await asyncio.sleep(max(0.0, w0 + at - time.time()))
                 with contextlib.suppress(aiohttp.ClientError, OSError):
                     scrapes.append(await metrics_scrape(reader.port))
-                    await asyncio.sleep(0.5)
-                    plain.append(await metrics_scrape(reader.port, identity=True))
+                at += interval
         await asyncio.sleep(max(0.0, w0 + args.scale_window - time.time()))
         used = meter.stop()
         elapsed = time.time() - w0
@@ -699,7 +737,21 @@ async def reader_phase(
         others.stop()
         foreign = max(foreign, await ctx["engine"].foreign_running())
         reader.check_alive()
-        lat = watch.latencies
+        lat = list(watch.latencies)
+        if reader.port is not None:
+            # After the window: more scrapes to time, each asked as Prometheus asks (gzip)
+            # and then for identity; and the agent's CPU per scrape (beyond its rate in
+            # the window).
+            rate = used["reader"] / elapsed
+            for _ in range(args.scale_scrapes):
+                await asyncio.sleep(SCRAPE_GAP_SECONDS)
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    c0, t1 = cpu_seconds(pid), time.monotonic()
+                    scrapes.append(await metrics_scrape(reader.port))
+                    spent = cpu_seconds(pid) - c0 - rate * (time.monotonic() - t1)
+                    scrape_cpu.append(max(0.0, spent))
+                    await asyncio.sleep(0.5)
+                    plain.append(await metrics_scrape(reader.port, identity=True))
         result.update(
             {
                 "window_s": elapsed,
@@ -719,7 +771,8 @@ async def reader_phase(
                 "lines_per_s": watch.window_lines / elapsed,
                 "caught_up_at_window": caught,
                 "scrape_ms": 1000 * (median(s for s, _, _ in scrapes) or 0) if scrapes else None,
-                "scrape_kb": median(b / 1024 for _, b, _ in scrapes) if scrapes else None,
+                "scrape_cpu_ms": 1000 * (median(scrape_cpu) or 0) if scrape_cpu else None,
+                "scrape_kb": median(b / 1024 for _, b, _ in plain) if plain else None,
                 "scrape_wire_kb": median(w / 1024 for _, _, w in scrapes) if scrapes else None,
                 "scrape_identity_ms": 1000 * (median(s for s, _, _ in plain) or 0)
                 if plain
@@ -1066,6 +1119,7 @@ ROWS = (
     ("scrape_ms", "/metrics ms (median; gzip asked)"),
     ("scrape_wire_kb", "/metrics KB on the wire"),
     ("scrape_identity_ms", "/metrics ms (median; identity)"),
+    ("scrape_cpu_ms", "/metrics agent CPU ms (median)"),
     ("scrape_kb", "/metrics KB"),
 )
 
@@ -1140,6 +1194,7 @@ def shape_table(s: dict[str, Any]) -> str:
 AB_KEYS = (
     ("scrape_ms", "/metrics ms, gzip asked"),
     ("scrape_identity_ms", "/metrics ms, identity"),
+    ("scrape_cpu_ms", "/metrics agent CPU ms"),
     ("scrape_wire_kb", "/metrics KB on the wire"),
     ("cpu_pct", "CPU %"),
     ("p99_ms", "latency p99 ms"),
@@ -1520,9 +1575,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scale-n", type=_ints, default=[100, 300], help="containers (100,300)")
     g.add_argument("--with-1000", action="store_true", help="also N=1000 (several minutes more)")
     g.add_argument("--scale-rates", type=_floats, default=[1.0, 10.0], help="lines/s each (1,10)")
-    g.add_argument("--scale-window", type=float, default=20.0, help="measured window, s (20)")
+    g.add_argument("--scale-window", type=float, default=30.0, help="measured window, s (30)")
     g.add_argument("--scale-settle", type=float, default=2.0, help="after all are in output (2)")
-    g.add_argument("--scale-scrapes", type=int, default=3, help="/metrics scrapes per window (3)")
+    g.add_argument(
+        "--scale-scrape-interval",
+        type=float,
+        default=15.0,
+        help="s between /metrics scrapes in the window, as Prometheus's (15; 0: none)",
+    )
+    g.add_argument(
+        "--scale-scrapes", type=int, default=3, help="/metrics scrapes timed after the window (3)"
+    )
     g.add_argument("--startup-timeout", type=float, default=300.0, help="s (300)")
     g.add_argument(
         "--start-at",
