@@ -26,50 +26,40 @@ def structlog_without_rich() -> None:
         del sys.modules["rich"]
 
 
-# aiohttp's default verifying contexts, made without certificates
+# aiohttp's default contexts (verifying and not), made without the CA store
 _DEFERRED_CA: "list[ssl.SSLContext]" = []
 
 
 def aiohttp_without_ca_store() -> None:
-    """aiohttp makes its default verifying TLS context when it is imported, reading every
-    certificate of the system's CA store: about 2.4 MB of resident memory and 20-45 ms at
-    every start, for a context that only an https request without a context of its own
-    uses. The agent's engine client and its https exporters bring their own. So aiohttp
-    is imported with that context made empty, and ``load_deferred_ca`` reads the store
-    into it before anything could use it (an http exporter: a redirect may lead to https).
-    Should one be used empty, its requests fail certificate verification: never
-    unverified. Called by the command line before anything imports aiohttp."""
+    """aiohttp makes its two default TLS contexts when it is imported, the verifying one
+    and the one for ``ssl=False``, and each reads every certificate of the system's CA
+    store: about 1.3 MB of resident memory and 20 ms of CPU each at every start, for
+    contexts that only an https request without a context of its own uses. The agent's
+    engine client and its https exporters bring their own. So aiohttp is imported with
+    ``set_default_verify_paths`` (what ``ssl.create_default_context`` and the
+    non-verifying context's set-up call to read the store) deferred, and
+    ``load_deferred_ca`` reads the store into those contexts before anything could use
+    them (an http exporter: a redirect may lead to https). Should the verifying one be
+    used empty, its requests fail certificate verification: never unverified. Called by
+    the command line before anything imports aiohttp."""
     import ssl
     import sys
 
     if "aiohttp" in sys.modules:
         return
-    real = ssl.create_default_context
 
-    def deferred(
-        purpose: ssl.Purpose = ssl.Purpose.SERVER_AUTH,
-        *,
-        cafile: str | None = None,
-        capath: str | None = None,
-        cadata: str | bytes | None = None,
-    ) -> ssl.SSLContext:
-        if purpose is not ssl.Purpose.SERVER_AUTH or cafile or capath or cadata is not None:
-            return real(purpose, cafile=cafile, capath=capath, cadata=cadata)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifying, as create_default_context
-        _DEFERRED_CA.append(context)
-        return context
+    def deferred(self: ssl.SSLContext) -> None:
+        _DEFERRED_CA.append(self)
 
-    ssl.create_default_context = deferred  # type: ignore[assignment]
+    ssl.SSLContext.set_default_verify_paths = deferred  # type: ignore[method-assign]
     try:
         import aiohttp.connector  # noqa: F401
     finally:
-        ssl.create_default_context = real
+        del ssl.SSLContext.set_default_verify_paths  # _ssl._SSLContext's again
 
 
 def load_deferred_ca() -> None:
     """The system's CA store read into the contexts ``aiohttp_without_ca_store`` left
-    empty (blocking file reads: call it from a thread)."""
-    import ssl
-
+    without it (blocking file reads: call it from a thread)."""
     while _DEFERRED_CA:
-        _DEFERRED_CA.pop().load_default_certs(ssl.Purpose.SERVER_AUTH)
+        _DEFERRED_CA.pop().set_default_verify_paths()

@@ -132,8 +132,9 @@ class HttpExporter(Exporter):
         headers, scrub = build_headers(self.config, self.name, self.encoder.content_type)
         self.sender.scrub = scrub
         context = self._ssl()
-        if context is True:
-            # aiohttp's own verifying context: a redirect to https would use it
+        if isinstance(context, bool):
+            # aiohttp's own contexts (True: verifying, a redirect to https would use it;
+            # False: tls.verify off) are made without the CA store: read it now
             await asyncio.to_thread(load_deferred_ca)
         connector = aiohttp.TCPConnector(ssl=context, limit=4)
         self.sender.session = aiohttp.ClientSession(

@@ -1,6 +1,6 @@
 """What a start costs: the agent imports the exporters its config names and no other, and
-aiohttp's default TLS context is made without the CA store until an exporter that could
-use it starts. Each case runs in a fresh interpreter, as an agent's start does."""
+aiohttp's default TLS contexts are made without the CA store until an exporter that could
+use them starts. Each case runs in a fresh interpreter, as an agent's start does."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_each_exporter_module_registers_the_type_it_is_named_after() -> None:
     assert exporters.load("nothing") is None
 
 
-def test_aiohttp_default_context_gets_the_ca_store_only_when_asked() -> None:
+def test_aiohttp_default_contexts_get_the_ca_store_only_when_asked() -> None:
     out = run(
         """
         import ssl
@@ -64,18 +64,26 @@ def test_aiohttp_default_context_gets_the_ca_store_only_when_asked() -> None:
         import agent.cli  # imports aiohttp the way the agent starts
         import aiohttp.connector
         from agent import load_deferred_ca
-        assert ssl.create_default_context is real  # put back
-        ctx = aiohttp.connector._SSL_CONTEXT_VERIFIED
-        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
-        print(ctx.cert_store_stats()["x509_ca"])
+        assert ssl.create_default_context is real  # untouched
+        assert "set_default_verify_paths" not in vars(ssl.SSLContext)  # put back
+        verified = aiohttp.connector._SSL_CONTEXT_VERIFIED
+        unverified = aiohttp.connector._SSL_CONTEXT_UNVERIFIED  # ssl=False
+        assert verified.verify_mode == ssl.CERT_REQUIRED and verified.check_hostname
+        assert unverified.verify_mode == ssl.CERT_NONE and not unverified.check_hostname
+        print(verified.cert_store_stats()["x509_ca"], unverified.cert_store_stats()["x509_ca"])
         load_deferred_ca()
-        print(ctx.cert_store_stats()["x509_ca"], real().cert_store_stats()["x509_ca"])
+        print(
+            verified.cert_store_stats()["x509_ca"],
+            unverified.cert_store_stats()["x509_ca"],
+            real().cert_store_stats()["x509_ca"],
+        )
         """
     )
     before, after = out.splitlines()
-    assert before == "0"
-    loaded, system = after.split()
-    assert loaded == system  # the whole store, as create_default_context reads it
+    assert before == "0 0"
+    verified, unverified, system = after.split()
+    assert int(system) > 0
+    assert verified == unverified == system  # the whole store, as create_default_context reads it
 
 
 def test_processing_stages_are_imported_only_when_a_chain_needs_them() -> None:
