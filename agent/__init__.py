@@ -26,6 +26,24 @@ def structlog_without_rich() -> None:
         del sys.modules["rich"]
 
 
+def frozenlist_in_python() -> None:
+    """frozenlist (aiohttp's middleware and signal lists, aiosignal's ``Signal``) is built
+    as a C++ extension: loading it maps libstdc++, about 1.3 MB of resident memory at
+    every start, for lists that aiohttp reads a few times per request or connection (none
+    of them on a log line's path). frozenlist's own pure-Python ``FrozenList``, which it
+    uses when the extension is absent (or ``FROZENLIST_NO_EXTENSIONS`` is set), behaves
+    the same. Called by the command line before anything imports aiohttp."""
+    import sys
+
+    if "frozenlist" in sys.modules:
+        return
+    sys.modules["frozenlist._frozenlist"] = None  # type: ignore[assignment]  # (an ImportError)
+    try:
+        import frozenlist  # noqa: F401
+    finally:
+        del sys.modules["frozenlist._frozenlist"]
+
+
 # aiohttp's default contexts (verifying and not), made without the CA store
 _DEFERRED_CA: "list[ssl.SSLContext]" = []
 

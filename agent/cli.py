@@ -12,9 +12,15 @@ import signal
 import sys
 from pathlib import Path
 
-from agent import __version__, aiohttp_without_ca_store, structlog_without_rich
+from agent import (
+    __version__,
+    aiohttp_without_ca_store,
+    frozenlist_in_python,
+    structlog_without_rich,
+)
 
 structlog_without_rich()  # before the first import of structlog
+frozenlist_in_python()  # before the first import of aiohttp
 aiohttp_without_ca_store()  # before the first import of aiohttp
 
 import orjson  # noqa: E402

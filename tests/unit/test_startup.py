@@ -1,6 +1,7 @@
-"""What a start costs: the agent imports the exporters its config names and no other, and
+"""What a start costs: the agent imports the exporters its config names and no other,
 aiohttp's default TLS contexts are made without the CA store until an exporter that could
-use them starts. Each case runs in a fresh interpreter, as an agent's start does."""
+use them starts, and frozenlist's C++ extension (and libstdc++ with it) is not loaded.
+Each case runs in a fresh interpreter, as an agent's start does."""
 
 from __future__ import annotations
 
@@ -84,6 +85,25 @@ def test_aiohttp_default_contexts_get_the_ca_store_only_when_asked() -> None:
     verified, unverified, system = after.split()
     assert int(system) > 0
     assert verified == unverified == system  # the whole store, as create_default_context reads it
+
+
+def test_frozenlist_is_the_python_one_and_libstdcxx_stays_out() -> None:
+    out = run(
+        """
+        import sys
+        import agent.cli  # imports aiohttp the way the agent starts
+        import aiohttp.web
+        import frozenlist
+        print(frozenlist.FrozenList is frozenlist.PyFrozenList)
+        print("frozenlist._frozenlist" in sys.modules)
+        with open("/proc/self/maps") as maps:
+            print(any("libstdc++" in line for line in maps))
+        app = aiohttp.web.Application()  # its lists are FrozenLists
+        app.freeze()
+        print(type(app.middlewares).__module__, app.middlewares.frozen)
+        """
+    )
+    assert out.splitlines() == ["True", "False", "False", "frozenlist True"]
 
 
 def test_processing_stages_are_imported_only_when_a_chain_needs_them() -> None:
