@@ -123,3 +123,23 @@ def test_processing_stages_are_imported_only_when_a_chain_needs_them() -> None:
         """
     )
     assert out.splitlines() == ["[]", "['multiline']"]
+
+
+def test_tune_gc_collects_what_start_up_left_and_freezes_the_rest() -> None:
+    out = run(
+        """
+        import gc, weakref
+        from agent.cli import GC_THRESHOLD, tune_gc
+        class Node:
+            pass
+        cycle = Node()
+        cycle.me = cycle  # garbage that only the collector frees, as schema building leaves
+        gone = weakref.ref(cycle)
+        del cycle
+        kept = Node()
+        tune_gc()
+        print(gone() is None, gc.get_threshold() == (GC_THRESHOLD, 20, 20))
+        print(gc.get_freeze_count() > 10_000, gc.get_count()[1:])
+        """
+    )
+    assert out.splitlines() == ["True True", "True (0, 0)"]
