@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from agent import aiohttp_web_without_mime_files
 from agent.record import Record
 from exporters.base import Exporter, Health, register
 from exporters.prometheus import views
@@ -89,6 +90,7 @@ class PrometheusExporter(Exporter):
         self._text_cache = TextCache()
 
     async def start(self) -> None:
+        aiohttp_web_without_mime_files()
         from aiohttp import web
 
         app = web.Application()

@@ -1,7 +1,8 @@
 """What a start costs: the agent imports the exporters its config names and no other,
 aiohttp's default TLS contexts are made without the CA store until an exporter that could
-use them starts, and frozenlist's C++ extension (and libstdc++ with it) is not loaded.
-Each case runs in a fresh interpreter, as an agent's start does."""
+use them starts, frozenlist's C++ extension (and libstdc++ with it) is not loaded, and
+aiohttp.web is imported without reading the system's mime.types. Each case runs in a
+fresh interpreter, as an agent's start does."""
 
 from __future__ import annotations
 
@@ -143,3 +144,30 @@ def test_tune_gc_collects_what_start_up_left_and_freezes_the_rest() -> None:
         """
     )
     assert out.splitlines() == ["True True", "True (0, 0)"]
+
+
+def test_the_prometheus_exporter_leaves_the_system_mime_types_unread() -> None:
+    out = run(
+        """
+        import asyncio, mimetypes, socket, sys
+        import agent.cli
+        from exporters.prometheus.config import PrometheusConfig
+        from exporters.prometheus.exporter import PrometheusExporter
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        async def main():
+            config = PrometheusConfig(type="prometheus", listen=f"127.0.0.1:{port}")
+            exporter = PrometheusExporter("metrics", config)
+            await exporter.start()
+            try:
+                from aiohttp import web_fileresponse
+                print("aiohttp.web" in sys.modules, mimetypes._db is None, mimetypes.inited)
+                print(web_fileresponse.CONTENT_TYPES.guess_type("a.html")[0])
+            finally:
+                await exporter.close()
+        asyncio.run(main())
+        print(mimetypes.guess_type("a.css")[0], mimetypes._db is not None)  # read when asked
+        """
+    )
+    assert out.splitlines() == ["True True False", "text/html", "text/css True"]
