@@ -88,6 +88,28 @@ def test_aiohttp_default_contexts_get_the_ca_store_only_when_asked() -> None:
     assert verified == unverified == system  # the whole store, as create_default_context reads it
 
 
+def test_an_https_exporter_without_verification_gets_the_ca_store_into_aiohttps_context() -> None:
+    out = run(
+        """
+        import asyncio
+        import agent.cli
+        import aiohttp.connector
+        from exporters.http.config import HttpConfig
+        from exporters.http.exporter import HttpExporter
+        unverified = aiohttp.connector._SSL_CONTEXT_UNVERIFIED  # what ssl=False uses
+        print(unverified.cert_store_stats()["x509_ca"])
+        async def main():
+            config = HttpConfig(type="http", url="https://127.0.0.1:1/", tls={"verify": False})
+            exporter = HttpExporter("out", config)
+            await exporter.start()
+            await exporter.close()
+        asyncio.run(main())
+        print(unverified.cert_store_stats()["x509_ca"] > 0)
+        """
+    )
+    assert out.splitlines() == ["0", "True"]
+
+
 def test_frozenlist_is_the_python_one_and_libstdcxx_stays_out() -> None:
     out = run(
         """
