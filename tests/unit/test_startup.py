@@ -193,3 +193,29 @@ def test_the_prometheus_exporter_leaves_the_system_mime_types_unread() -> None:
         """
     )
     assert out.splitlines() == ["True True False", "text/html", "text/css True"]
+
+
+def test_the_prometheus_exporter_imports_gzip_only_for_a_gzipped_answer() -> None:
+    out = run(
+        """
+        import asyncio, gzip, socket, sys
+        import agent.cli
+        from exporters.prometheus.config import PrometheusConfig
+        from exporters.prometheus.exporter import PrometheusExporter
+        from exporters.prometheus.exposition import gzip_body
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        async def main():
+            config = PrometheusConfig(type="prometheus", listen=f"127.0.0.1:{port}")
+            exporter = PrometheusExporter("metrics", config)
+            await exporter.start()
+            await exporter.close()
+        asyncio.run(main())
+        print("exporters._compress" in sys.modules, "isal" in sys.modules)
+        body = b"up 1\\n" * 1000
+        assert gzip.decompress(gzip_body(body)) == body
+        print("exporters._compress" in sys.modules)
+        """
+    )
+    assert out.splitlines() == ["False False", "True"]
