@@ -14,14 +14,13 @@ import signal
 import socket
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 import exporters
 from agent import __version__
 from agent.config import Config
-from agent.delivery.buffer import DiskBuffer
 from agent.delivery.checkpoint import CheckpointError, CheckpointStore
 from agent.delivery.pipeline import ExporterStartError, Pipeline
 from agent.delivery.runner import ExporterRunner
@@ -42,6 +41,9 @@ from agent.speedups import speedups
 from agent.state import AgentState
 from agent.supervisor import Supervisor
 from exporters.base import ExporterConfig
+
+if TYPE_CHECKING:
+    from agent.delivery.buffer import DiskBuffer
 
 log = structlog.get_logger("agent.runtime")
 
@@ -126,6 +128,8 @@ class Runtime:
         return Backoff(eng.reconnect_min_seconds, eng.reconnect_max_seconds)
 
     def make_buffer(self, name: str, ec: ExporterConfig) -> DiskBuffer:
+        from agent.delivery.buffer import DiskBuffer  # only a config with a disk buffer
+
         return DiskBuffer(
             Path(self.config.state_dir) / "buffers" / name,
             ec.buffer.max_bytes,

@@ -14,16 +14,18 @@ import itertools
 import operator
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent.delivery.buffer import DiskBuffer
 from agent.delivery.queue import RecordQueue
 from agent.positions import FileMark, Position, advance
 from agent.record import Record
 from agent.retry import Backoff, Retry
 from exporters.base import Exporter, ExporterConfig
+
+if TYPE_CHECKING:
+    from agent.delivery.buffer import DiskBuffer  # imported only with a disk buffer
 
 log = structlog.get_logger("agent.delivery")
 

@@ -219,3 +219,20 @@ def test_the_prometheus_exporter_imports_gzip_only_for_a_gzipped_answer() -> Non
         """
     )
     assert out.splitlines() == ["False False", "True"]
+
+
+def test_the_disk_buffer_is_imported_only_for_an_exporter_that_has_one() -> None:
+    out = run(
+        """
+        import sys
+        import agent.cli
+        from agent.config import parse
+        from agent.runtime import Runtime
+        print("agent.delivery.buffer" in sys.modules)
+        out = {"type": "file", "path": "/tmp/x.ndjson", "buffer": {"type": "disk"}}
+        config = parse({"exporters": {"out": out}, "state_dir": "/tmp/unused-state"})
+        buffer = Runtime(config).make_buffer("out", config.exporters["out"])
+        print(type(buffer).__module__)
+        """
+    )
+    assert out.splitlines() == ["False", "agent.delivery.buffer"]
