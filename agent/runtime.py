@@ -340,6 +340,7 @@ class Runtime:
             backoff,
             choose_source=self.chooser,
         )
+        self.followers.queue_now = self.pipeline
         self.followers.processing = Processing(cfg.processing, cfg.agent.shutdown_timeout_seconds)
         inventory = Inventory()
         self.followers.inventory = inventory

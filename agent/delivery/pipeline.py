@@ -123,8 +123,28 @@ class Pipeline:
         new.start()
         self._set_runners([new if r is old else r for r in self.runners])
 
+    def has_room(self) -> bool:
+        """Whether ``put_now`` may hand a batch on: not paused, and every exporter that
+        takes records has room in its queue (or drops when full)."""
+        return self._open.is_set() and all(r.has_room() for r in self._takers)
+
+    def put_now(self, batch: list[Record]) -> None:
+        """Hands ``batch`` to every interested exporter without waiting: only when
+        ``has_room()`` (nothing awaited since), e.g. by a reader that reads a quiet
+        container's new line where it cannot wait."""
+        tap = self.tap
+        if tap is not None and tap.taps:
+            tap.publish(batch)
+        for runner in self._takers:
+            part = runner.wants(batch)
+            if part:
+                runner.put_now(part)
+
     async def send(self, batch: list[Record]) -> None:
         if not batch:
+            return
+        if self.has_room():
+            self.put_now(batch)
             return
         if not self._open.is_set():
             await self._open.wait()
@@ -136,8 +156,8 @@ class Pipeline:
             part = runner.wants(batch)
             if not part:
                 continue
-            if runner.queue.has_room() or runner.config.when_full == "drop_newest":
-                await runner.put(part)  # returns at once
+            if runner.has_room():
+                runner.put_now(part)
             else:
                 waits.append(runner.put(part))
         if waits:

@@ -99,11 +99,26 @@ class ExporterRunner:
         """The records of ``batch`` this exporter would send: its containers, its route."""
         return self._routed(self.wants(batch))
 
-    async def put(self, batch: list[Record]) -> None:
+    def has_room(self) -> bool:
+        """Whether ``put_now`` may be used: the queue has room, or drops when full."""
+        return self.queue.has_room() or self.config.when_full == "drop_newest"
+
+    def put_now(self, batch: list[Record]) -> None:
+        """``put`` without waiting: only when ``has_room()`` (nothing awaited since)."""
         self.received += len(batch)
-        if self.config.when_full == "drop_newest" and not self.queue.has_room():
+        if not self.queue.has_room():  # (drop_newest)
             self.dropped["queue_full"] += len(batch)
             return
+        self._idle.clear()
+        self.queue.put_nowait(batch)
+        if self.queue.size >= COALESCE_RECORDS:
+            self._hurry.set()
+
+    async def put(self, batch: list[Record]) -> None:
+        if self.has_room():
+            self.put_now(batch)
+            return
+        self.received += len(batch)
         self._idle.clear()
         await self.queue.put(batch)
         if self.queue.size >= COALESCE_RECORDS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from agent.positions import Position
 from agent.record import Record
@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from agent.sources.reader import ContainerReader
 
 Emit = Callable[[list[Record]], Awaitable[None]]
+
+
+class QueueNow(Protocol):
+    """Where batches go when they can go without waiting (the pipeline)."""
+
+    def has_room(self) -> bool: ...
+
+    def put_now(self, batch: list[Record]) -> None: ...
 
 
 class StreamEnd(enum.Enum):

@@ -21,7 +21,7 @@ from agent.metrics.inventory import Inventory
 from agent.positions import FileMark, Position
 from agent.record import ContainerMeta
 from agent.retry import Backoff
-from agent.sources.base import Emit, LogSource
+from agent.sources.base import Emit, LogSource, QueueNow
 from agent.sources.reader import ContainerReader
 
 if TYPE_CHECKING:
@@ -47,6 +47,9 @@ class LogFollowers:
         self.source = source  # the default; ``choose_source`` picks one per container
         self.choose_source = choose_source
         self.pipeline_send = pipeline_send
+        # The pipeline's ``has_room``/``put_now`` (set by the runtime): a reader hands a
+        # batch on without an await when it can (``ContainerReader.emit_now``).
+        self.queue_now: QueueNow | None = None
         self.containers = containers
         self.host = host
         self.backoff = backoff  # between failed reads of one container

@@ -65,6 +65,24 @@ class ContainerReader:
 
     async def _emit(self, batch: list[Record]) -> None:
         await self.followers.pipeline_send(batch)
+        self._booked(batch)
+
+    def emit_ready(self) -> bool:
+        """Whether ``emit_now`` may take a batch: the batches go straight to the pipeline
+        (no processing chain), and it has room for them."""
+        now = self.followers.queue_now
+        return self.chain is None and now is not None and now.has_room()
+
+    def emit_now(self, batch: list[Record]) -> None:
+        """``_emit`` without an await, for a source that reads where it cannot wait (the
+        files source reads a quiet container's new line in the inotify handler): only
+        right after ``emit_ready`` said yes, nothing awaited since."""
+        now = self.followers.queue_now
+        assert now is not None
+        now.put_now(batch)
+        self._booked(batch)
+
+    def _booked(self, batch: list[Record]) -> None:
         # Past this point the batch is queued: advance the resume position (unless the
         # chain's driver sets it itself right after, with no await between, to every line
         # the chain took in: then this advance would be overwritten).

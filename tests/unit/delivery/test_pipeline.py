@@ -114,6 +114,29 @@ async def test_block_policy_applies_back_pressure_and_loses_nothing() -> None:
     assert not p.runners[0].dropped
 
 
+async def test_has_room_tells_when_put_now_may_hand_a_batch_on() -> None:
+    """``put_now`` (a reader that cannot wait) only after ``has_room``: not while paused,
+    nor while a blocking queue is full; a queue that drops when full always has room."""
+    gate = asyncio.Event()
+    slow, other = Memory("slow", Config(), gate), Memory("other", Config(), gate)
+    dropping = runner(other, queue_records=10, when_full="drop_newest")
+    p = Pipeline([runner(slow, queue_records=10), dropping])
+    await p.start()
+    assert p.has_room()
+    p.put_now(recs(4))
+    await asyncio.sleep(0.01)  # the workers take that batch and wait at the gate
+    p.put_now(recs(10))  # fills both queues
+    assert not p.has_room() and dropping.has_room()
+    p.pause()
+    assert not p.has_room()
+    p.resume()
+    gate.set()
+    await asyncio.sleep(0.05)
+    assert p.has_room()
+    await p.close(2)
+    assert len(slow.got) == len(other.got) == 14 and not dropping.dropped
+
+
 async def test_drop_newest_counts_every_drop() -> None:
     gate = asyncio.Event()
     slow, fast = Memory("slow", Config(), gate), Memory("fast", Config())

@@ -156,6 +156,44 @@ async def test_batches_reach_the_pipeline_in_order_and_advance_positions() -> No
     assert source.given == [{}]  # STOPPED, and no rerun asked: read once
 
 
+async def test_emit_now_books_a_batch_as_emit_does_when_the_pipeline_has_room() -> None:
+    """A source that reads where it cannot wait (the files source, in its inotify
+    handler) hands a batch on with ``emit_now``, only when ``emit_ready``: then the
+    positions and counters move as after ``_emit``."""
+
+    class Room:
+        def __init__(self) -> None:
+            self.room = True
+            self.got: list[list[Record]] = []
+
+        def has_room(self) -> bool:
+            return self.room
+
+        def put_now(self, batch: list[Record]) -> None:
+            self.got.append(batch)
+
+    h = Harness(ScriptedSource())
+    reader = ContainerReader(meta(), h.followers.source, h.followers)
+    info = h.followers.inventory.get(meta())
+    assert not reader.emit_ready()  # no pipeline to put to without waiting
+    room = Room()
+    h.followers.queue_now = room
+    assert reader.emit_ready()
+    b1, b2 = [line(1), line(1, "stderr", "ab")], [line(1, "stdout", "c")]
+    reader.emit_now(b1)
+    await reader._emit(b2)
+    room.room = False
+    assert not reader.emit_ready()
+    assert room.got == [b1] and h.batches == [b2]
+    assert h.followers.positions[CID] == {
+        "stdout": Position(ts(1), 2),
+        "stderr": Position(ts(1), 1),
+    }
+    assert info.log_lines == {"stdout": 2, "stderr": 1}
+    assert info.log_bytes == {"stdout": 2, "stderr": 2}
+    assert reader.lines == 3
+
+
 async def test_inventory_counts_lines_and_characters_per_stream() -> None:
     source = ScriptedSource(
         [
