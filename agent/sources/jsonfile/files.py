@@ -157,10 +157,22 @@ class FileChain:
         inotify.to_loop(self.wake.set)
 
     def _on_file(self, mask: int, name: str) -> None:
-        """The file being read changed (on the event loop: ``FileWatches``)."""
+        """The file being read changed (on the event loop: ``FileWatches``): its new
+        lines are read here when they can be (``read_in_place``), else the reader wakes."""
         if mask & IN_IGNORED:
             self.file_wd = -1  # a one-shot watch fired, or the file was removed
+        else:
+            try:
+                if self.read_in_place():
+                    return
+            except Exception as exc:  # the reader reads it instead
+                log.warning("log_read_in_place_failed", container=self.cid[:12], error=repr(exc))
         self.wake.set()
+
+    def read_in_place(self) -> bool:
+        """Reads and emits the file's new lines without waking the reader; False: the
+        reader is to do it (``_Tail``)."""
+        return False
 
     def watching(self, ino: int) -> bool:
         """Whether the file ``ino`` has a watch that stays, set for it before the last read:

@@ -56,6 +56,7 @@ class JsonFileLogSource(LogSource):
         self.trickle_seconds = trickle_seconds
         self.linger_seconds = linger_seconds  # FileWatches' (see ``set_linger``)
         self.lost = 0  # lines lost to rotation or truncation (estimated), all containers
+        self.in_place_reads = 0  # reads of new lines done in the inotify handler
         # Per container: lines/bytes of files finished (to estimate lines lost).
         self._lines: dict[str, int] = {}
         self._bytes: dict[str, int] = {}

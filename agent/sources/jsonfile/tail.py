@@ -107,6 +107,9 @@ class _Tail(FileChain):
         self.live = _Liveness(None, polling=True)  # set by ``_start``
         self.trickle = True  # after data, look again after a short sleep before watching
         self._trickled = False  # the last wait was that short sleep
+        # The file the reader waits for with a watch that stays, while it waits for long
+        # (``_wait``): its writes are read in the inotify handler (``read_in_place``).
+        self.parked: _File | None = None
 
     async def run(self, positions: dict[str, Position], emit: Emit) -> StreamEnd:
         decoder = await self._start(positions)
@@ -194,13 +197,59 @@ class _Tail(FileChain):
         self, f: _File, decoder: JsonFileDecoder, data: bytes, cut: int, emit: Emit
     ) -> None:
         """Decodes and emits the whole lines of a chunk (``data[:cut]``)."""
+        await self._emit(f, decoder, self._decode(f, decoder, data, cut), emit)
+
+    def _decode(self, f: _File, decoder: JsonFileDecoder, data: bytes, cut: int) -> list[Record]:
+        """The records of the whole lines of a chunk (``data[:cut]``), read past."""
         records = decoder.feed_lines(data[:cut] if cut < len(data) else data)
         f.tail = data[max(0, cut - 64) : cut]
         f.seen = max(f.seen, f.offset + len(data))  # what a truncation could take
         f.offset += cut
         f.lines += len(records)
         f.bytes += cut
-        await self._emit(f, decoder, records, emit)
+        return records
+
+    def read_in_place(self) -> bool:
+        """A write to the file the reader waits for, with a watch that stays (a slow
+        writer: most containers), in the inotify handler on the loop: its new lines are
+        read, decoded and handed to the pipeline right here, and the reader's task stays
+        asleep (a task wake-up, its waits and its checks cost more than the line). Only
+        when nothing else is due: the reader waits for this file alone, nothing closed or
+        removed it, no liveness look is due, the bytes are in the page cache, they are no
+        burst, and the batches go straight to a pipeline with room (no processing chain).
+        Else False: the reader wakes and reads as usual."""
+        f = self.parked
+        reader = self.reader
+        decoder = reader.decoder
+        if (
+            f is None
+            or self.files[0] is not f
+            or len(self.files) > 1
+            or not self.watching(f.ino)
+            or self.closed_by_writer
+            or self.gone
+            or not self.nowait
+            or not isinstance(decoder, JsonFileDecoder)
+            or self.live.due(time.monotonic())
+            or not reader.emit_ready()
+        ):
+            return False
+        try:
+            data = _read(f.fd, self._buffer(), f.offset, f.tail, _NOWAIT)
+        except OSError:
+            return False
+        if data is None or len(data) >= self.source.chunk_bytes:
+            return False  # truncated, or a burst
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            records = self._decode(f, decoder, data, cut)
+            if records:
+                clean = self._mark(f, decoder, records)
+                reader.emit_now(records)
+                if clean:
+                    self._marked(f, records)
+            self.source.in_place_reads += 1
+        return True
 
     async def _more_to_read(self, f: _File, got: int, newer_known: bool) -> bool:
         """At the end of ``f`` after a read of ``got`` bytes with no line end: True when
@@ -285,7 +334,12 @@ class _Tail(FileChain):
             asked = self.inotify.sleepers.get(self.wake)  # (gone once it was set)
             if asked is None or abs(deadline - asked) > 0.1:
                 self.inotify.sleep_until(self.wake, deadline)
-            await self.wake.wait()
+            if steady:
+                self.parked = f  # its writes are read in place meanwhile
+            try:
+                await self.wake.wait()
+            finally:
+                self.parked = None
         else:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(limit):
@@ -300,12 +354,8 @@ class _Tail(FileChain):
         the disk."""
         size = self.source.chunk_bytes + 64  # (+ the tail)
         if self.nowait:
-            # One buffer for the whole source: these reads never overlap (no await).
-            buf = self.source._buf
-            if len(buf) != size:
-                buf = self.source._buf = bytearray(size)
             try:
-                return _read(f.fd, buf, f.offset, f.tail, _NOWAIT)
+                return _read(f.fd, self._buffer(), f.offset, f.tail, _NOWAIT)
             except BlockingIOError:
                 pass
             except OSError as exc:
@@ -313,6 +363,14 @@ class _Tail(FileChain):
                     raise
                 self.nowait = False  # a file system without it
         return await asyncio.to_thread(_read, f.fd, bytearray(size), f.offset, f.tail, 0)
+
+    def _buffer(self) -> bytearray:
+        """One buffer for the whole source: the reads in place never overlap (no await)."""
+        size = self.source.chunk_bytes + 64  # (+ the tail)
+        buf = self.source._buf
+        if len(buf) != size:
+            buf = self.source._buf = bytearray(size)
+        return buf
 
     def _rotated(self) -> bool:
         """Without inotify: whether ``-json.log`` is another file than the newest held."""
@@ -388,13 +446,23 @@ class _Tail(FileChain):
         checkpoint), and the reader's own mark moves there."""
         if not records:
             return
+        clean = self._mark(f, decoder, records)
+        await emit(records)
+        if clean:
+            self._marked(f, records)
+
+    def _mark(self, f: _File, decoder: JsonFileDecoder, records: list[Record]) -> bool:
+        """Whether the chunk ended at a line boundary: then its last record carries the
+        file position."""
         clean = not decoder._pending
         if clean:
             records[-1].mark = (f.ino, f.offset)
-        await emit(records)
-        if clean:
-            positions = self.reader.followers.positions.get(self.cid, {})
-            self.reader.followers.marks[self.cid] = FileMark.after(records[-1], positions, f.tail)
+        return clean
+
+    def _marked(self, f: _File, records: list[Record]) -> None:
+        """The records are emitted: the reader's own mark moves to the position."""
+        positions = self.reader.followers.positions.get(self.cid, {})
+        self.reader.followers.marks[self.cid] = FileMark.after(records[-1], positions, f.tail)
 
     async def _seek(self, mark: FileMark) -> bool:
         """Starts reading at ``mark`` when its file is still here, at least that long, and

@@ -226,7 +226,7 @@ class Writer:
 class Run:
     """One ``read()`` of the source as a task, collecting what it emits."""
 
-    def __init__(self, source: JsonFileLogSource, on_emit: Any = None) -> None:
+    def __init__(self, source: JsonFileLogSource, on_emit: Any = None, now: bool = True) -> None:
         self.source = source
         self.records: list[Record] = []
         self.on_emit = on_emit
@@ -235,10 +235,17 @@ class Run:
             followers=SimpleNamespace(positions={CID: {}}, marks={}, lines_lost=0),
             decoder=None,
             lost=0,
+            # as a reader without a processing chain, its pipeline with room (``now``):
+            # new lines of a slow writer are read in the inotify handler
+            emit_ready=lambda: now,
+            emit_now=self.took,
         )
         self.task: asyncio.Task[StreamEnd] | None = None
 
     async def emit(self, batch: list[Record]) -> None:
+        self.took(batch)
+
+    def took(self, batch: list[Record]) -> None:
         self.records += batch
         advance(self.reader.followers.positions[CID], batch)
         if self.on_emit is not None:
@@ -305,11 +312,14 @@ async def test_write_to_record_latency_is_short(tmp_path: Path) -> None:
     await stop(run, engine, writer)
 
 
+@pytest.mark.parametrize("now", [True, False])
 async def test_a_slow_writers_watch_stays_and_a_burst_ends_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, now: bool
 ) -> None:
-    """A file written now and then keeps one watch (no watch set, nor stat, per line); a
-    burst read in whole chunks ends it, and nothing is lost or repeated either way."""
+    """A file written now and then keeps one watch (no watch set, nor stat, per line),
+    and its lines are read in the inotify handler when the pipeline has room (``now``),
+    else by the reader; a burst read in whole chunks ends it, and nothing is lost or
+    repeated either way."""
     from agent.sources.jsonfile.inotify import FileWatches
 
     adds: list[int] = []
@@ -329,7 +339,7 @@ async def test_a_slow_writers_watch_stays_and_a_burst_ends_it(
     engine = FakeEngine()
     writer = Writer(tmp_path)
     source = source_for(tmp_path, engine, chunk_bytes=4096)
-    run = Run(source).start()
+    run = Run(source, now=now).start()
     await asyncio.sleep(0.3)
     for i in range(8):
         writer.write(1)
@@ -337,6 +347,9 @@ async def test_a_slow_writers_watch_stays_and_a_burst_ends_it(
         await asyncio.sleep(0.15)
     assert len(adds) <= 4, adds  # not one per line
     assert not removes
+    # Once the watch stays, each line is read where its notice is handled (or never).
+    assert source.in_place_reads >= 5 if now else source.in_place_reads == 0
+    assert run.reader.followers.marks[CID].offset == writer.path.stat().st_size
     writer.write(5000)  # 5000 lines of ~90 bytes: whole chunks of 4 KiB
     await run.until(5008)
     assert removes  # the burst ended the watch that stays
