@@ -201,11 +201,25 @@ class LogStream:
     """A container's log bytes as they come; ``read_parts()`` returns [] at the end.
     Transport failures are ``EngineError``s."""
 
-    __slots__ = ("_read", "_what")
+    __slots__ = ("_in_place", "_read", "_what")
 
-    def __init__(self, read_parts: Callable[[], Awaitable[list[bytes]]], what: str) -> None:
+    def __init__(
+        self,
+        read_parts: Callable[[], Awaitable[list[bytes]]],
+        what: str,
+        in_place: Callable[[Callable[[list[bytes]], bool]], None] | None = None,
+    ) -> None:
         self._read = read_parts
         self._what = what
+        self._in_place = in_place
+
+    def read_in_place(self, take: Callable[[list[bytes]], bool]) -> bool:
+        """Hands what arrives while the reader waits to ``take`` where it is received
+        (``HttpStream.read_in_place``); False: this stream cannot (aiohttp's)."""
+        if self._in_place is None:
+            return False
+        self._in_place(take)
+        return True
 
     async def read_parts(self) -> list[bytes]:
         """The next bytes, as the pieces they came in (one per message from the engine's
@@ -319,7 +333,7 @@ class Engine:
         except (*_TRANSPORT_ERRORS, aiodocker.DockerError) as exc:
             raise self._error(exc, what) from exc
         try:
-            yield LogStream(raw.read_parts, what)
+            yield LogStream(raw.read_parts, what, raw.read_in_place)
         finally:
             raw.close()
 

@@ -21,11 +21,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import orjson
+import structlog
 
 from agent.speedups import speedups
+
+log = structlog.get_logger("agent.engine")
 
 _CRLF = b"\r\n"
 _HEAD_LIMIT = 64 << 10  # response headers larger than this are not the engine's
@@ -76,6 +80,8 @@ class _Receiver(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        # Takes what arrives while the reader waits, where it arrives (``HttpStream``).
+        self.in_place: Callable[[bytes], bool] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -87,6 +93,13 @@ class _Receiver(asyncio.BufferedProtocol):
         self.data_received(_recv_buffer()[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is not None and self.in_place is not None and not waiter.done():
+            try:
+                if self.in_place(data):
+                    return  # taken here: the reader sleeps on
+            except Exception as exc:  # the reader takes it instead
+                log.warning("log_read_in_place_failed", error=repr(exc))
         self.parts.append(data)
         self.size += len(data)
         if self.size >= self.limit and not self._paused and self.transport is not None:
@@ -222,6 +235,25 @@ class HttpStream:
         self._done = False
         self._more: list[bytes] = []  # receives not yet joined to ``_raw``
         self._more_size = 0
+        self._take: Callable[[list[bytes]], bool] | None = None
+
+    def read_in_place(self, take: Callable[[list[bytes]], bool]) -> None:
+        """From now on, while the reader waits in ``read_parts`` with nothing unread,
+        whole chunks that arrive are handed to ``take`` where they are received (in the
+        protocol, on the loop: no wake-up of the reader), when it takes them (True); else
+        they wait for ``read_parts`` as before. For a followed log of a quiet container,
+        one message (one chunk) now and then."""
+        self._take = take
+        self._conn.in_place = self._in_place
+
+    def _in_place(self, data: bytes) -> bool:
+        take = self._take
+        if take is None or not self._chunked or self._raw or self._more or self._done:
+            return False
+        datas, consumed, last = dechunk(data)
+        if last or consumed != len(data) or not datas:
+            return False  # the body's end, or a chunk not whole yet: read_parts's
+        return take(datas)
 
     async def read(self) -> bytes:
         """The next part of the body (at least one byte), b"" at its end. Raises

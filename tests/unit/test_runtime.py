@@ -43,6 +43,9 @@ class FakeStream:
             await asyncio.Event().wait()  # no more lines until cancelled
         return [self.parts.pop(0)] if self.parts else []
 
+    def read_in_place(self, take: object) -> bool:
+        return False  # everything comes through read_parts
+
 
 class FakeEngine:
     """What the runtime, discovery and the logs-API source ask of the engine. Every

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -64,16 +65,15 @@ class ApiLogSource(LogSource):
         """
         decoder = LogDecoder(reader.meta, self.max_message_bytes, resume=positions)
         reader.decoder = decoder
-        cid = reader.meta.id
-        if positions and await self._read(cid, decoder, emit, follow, positions=positions):
+        if positions and await self._read(reader, decoder, emit, follow, positions=positions):
             return decoder
         since = min((p.timestamp for p in positions.values()), default=None)
-        await self._read(cid, decoder, emit, follow, since=since)
+        await self._read(reader, decoder, emit, follow, since=since)
         return decoder
 
     async def _read(
         self,
-        cid: str,
+        reader: ContainerReader,
         decoder: LogDecoder,
         emit: Emit,
         follow: bool,
@@ -81,7 +81,11 @@ class ApiLogSource(LogSource):
         positions: dict[str, Position] | None = None,
     ) -> bool:
         """One request, decoded to its end; with ``positions``, a ``tail`` request that
-        is given up (False, nothing decoded) when its first line does not cover them."""
+        is given up (False, nothing decoded) when its first line does not cover them.
+        A followed stream's messages that arrive while the reader waits for them are
+        decoded and emitted where they are received, when the reader can emit without
+        waiting (``_taker``)."""
+        cid = reader.meta.id
         async with self.engine.logs(
             cid,
             since=timestamp_to_unix(since) if since else None,
@@ -98,12 +102,32 @@ class ApiLogSource(LogSource):
                 if not _covers(first, positions):
                     log.debug("log_tail_short", container=decoder.meta.name, first=first)
                     return False
+            if follow:
+                stream.read_in_place(_taker(reader, decoder))
             while parts:
                 batch = decoder.feed_parts(parts)
                 if batch:
                     await emit(batch)
                 parts = await stream.read_parts()
         return True
+
+
+def _taker(reader: ContainerReader, decoder: LogDecoder) -> Callable[[list[bytes]], bool]:
+    """For ``LogStream.read_in_place``: a quiet container's message, which arrives while
+    its reader waits, decoded and handed to the pipeline right where it is received (no
+    wake-up of the reader's task, its waits and checks) when the reader can emit without
+    waiting (no processing chain, the pipeline with room); else (False) it waits for the
+    reader as before."""
+
+    def take(parts: list[bytes]) -> bool:
+        if not reader.emit_ready():
+            return False
+        batch = decoder.feed_parts(parts)
+        if batch:
+            reader.emit_now(batch)
+        return True
+
+    return take
 
 
 RESUME_TAIL = 1000  # lines read back from a log's end when resuming from positions

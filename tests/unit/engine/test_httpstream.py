@@ -127,6 +127,57 @@ async def test_reads_a_chunked_body_however_it_is_cut(
     assert got == b"".join(lines), f"seed={seed}"
 
 
+async def test_chunks_that_arrive_while_the_reader_waits_are_taken_in_place(
+    tmp_path: Path, seed: int
+) -> None:
+    """``read_in_place``: whole chunks received while the reader waits go to ``take``
+    where they arrive; a chunk cut across receives, or one ``take`` refuses, waits for
+    ``read_parts`` as before; the order of everything is the body's."""
+    lines = [b"line %d\n" % i for i in range(60)]
+    body = chunked(*lines)
+    rng = random.Random(seed)
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    path = str(tmp_path / "engine.sock")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        at = 0
+        for line in lines:
+            size = len(chunked(line, end=False))
+            cut = at + (rng.randrange(1, size) if rng.random() < 0.3 else size)
+            for piece in (body[at:cut], body[cut : at + size]):
+                if piece:
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0.002)  # the reader waits again
+            at += size
+        writer.write(body[at:])
+        writer.close()
+
+    got: list[bytes] = []
+    taken = refused = 0
+
+    def take(datas: list[bytes]) -> bool:
+        nonlocal taken, refused
+        if rng.random() < 0.3:
+            refused += 1
+            return False
+        taken += 1
+        got.extend(datas)
+        return True
+
+    server = await asyncio.start_unix_server(handle, path)
+    async with server:
+        stream = await open_stream(path, "/v1.41/containers/x/logs", {"follow": "1"})
+        stream.read_in_place(take)
+        while parts := await stream.read_parts():
+            got.extend(parts)
+        stream.close()
+    assert got == lines, f"seed={seed}"
+    assert taken and refused, f"seed={seed}"
+
+
 async def test_sized_and_close_delimited_bodies(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     for head, body in [

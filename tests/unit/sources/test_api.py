@@ -145,6 +145,9 @@ class _FakeStream:
     async def read_parts(self) -> list[bytes]:
         return [self.chunks.pop(0)] if self.chunks else []
 
+    def read_in_place(self, take: object) -> bool:
+        return False  # as aiohttp's streams
+
 
 class _FakeEngine:
     """A followed stream that ends early (as engines do at exit), then the whole log or,
