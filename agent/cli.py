@@ -29,7 +29,7 @@ import structlog  # noqa: E402
 from agent import logging as agent_logging  # noqa: E402
 from agent.config import ConfigError, load, reference_markdown  # noqa: E402
 from agent.limits import raise_nofile_limit  # noqa: E402
-from agent.ops import console, health  # noqa: E402
+from agent.ops import commands  # noqa: E402
 from agent.runtime import EXIT_OK, EXIT_USAGE, PID_FILE, Runtime  # noqa: E402
 
 
@@ -45,10 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("file", help="YAML config file")
     sub.add_parser("config-reference", help="print the config reference (Markdown)")
-    console.register(sub)
-    health.add_arguments(
-        sub.add_parser("health", help="ask the running agent's /healthz (exit 0 if it answers 200)")
-    )
+    commands.register(sub)
     reload = sub.add_parser(
         "reload", help="make the running agent read its config file again (SIGHUP)"
     )
@@ -67,10 +64,8 @@ GC_THRESHOLD = 20_000  # allocations between two young-generation collections (d
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "health":
-        return health.main(args)
-    if args.command in console.COMMANDS:
-        return console.COMMANDS[args.command](args)
+    if args.command in commands.COMMANDS:
+        return commands.run(args)
     if args.command == "config-reference":
         sys.stdout.write(reference_markdown())
         return EXIT_OK

@@ -18,8 +18,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from agent.ops.commands import DEFAULT_LISTEN
 from agent.ops.health import (
-    DEFAULT_LISTEN,
     HealthError,
     listen_from_config,
     url_for_endpoint,
@@ -128,15 +128,6 @@ def render(doc: dict[str, Any], limit: int | None = None) -> Any:
 # -- the commands ------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--endpoint",
-        help=f"host:port or URL of the agent's listener (default: from --config, else "
-        f"{DEFAULT_LISTEN})",
-    )
-    parser.add_argument("--config", "-c", help="the agent's YAML config file")
-
-
 def _failed(message: str) -> int:
     print(f"container-agent: {message}", file=sys.stderr)
     return EXIT_FAILED
@@ -212,22 +203,3 @@ def tap_main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return EXIT_OK
-
-
-def register(sub: Any) -> None:
-    """Adds ``status``, ``top`` and ``tap`` to the CLI's subcommands."""
-    status = sub.add_parser("status", help="what the running agent is doing, as tables")
-    add_arguments(status)
-    status.add_argument("--json", action="store_true", help="print the JSON document")
-    top = sub.add_parser("top", help="the status, refreshed in place (Ctrl-C to leave)")
-    add_arguments(top)
-    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
-    tap = sub.add_parser("tap", help="print the records passing through the running agent")
-    add_arguments(tap)
-    tap.add_argument("--container", help="only containers whose name matches this regex")
-    tap.add_argument("--exporter", help="only the records this exporter takes")
-    tap.add_argument("--grep", help="only records whose message matches this regex")
-    tap.add_argument("--limit", type=int, help="stop after this many records")
-
-
-COMMANDS = {"status": status_main, "top": top_main, "tap": tap_main}

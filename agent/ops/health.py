@@ -20,8 +20,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_LISTEN = "127.0.0.1:9811"  # the prometheus exporter's default `listen`
-DEFAULT_TIMEOUT = 5.0
+from agent.ops.commands import DEFAULT_LISTEN, DEFAULT_TIMEOUT, health_arguments
+
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
@@ -97,7 +97,7 @@ def listen_from_config(path: str) -> str:
 
 def check(url: str, timeout: float = DEFAULT_TIMEOUT) -> Result:
     """One GET of ``url``: healthy when it answers 200."""
-    import urllib.error  # here, not at the top: ``container-agent run`` imports this module
+    import urllib.error  # here: the module's helpers (console's too) need no urllib
     import urllib.request
 
     # No proxy, whatever HTTP_PROXY says: the agent is on this host (or in this container).
@@ -148,21 +148,6 @@ def run(endpoint: str | None, config: str | None, timeout: float) -> Result:
     return check(url, timeout)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--endpoint",
-        help="host:port or URL of the agent's prometheus exporter (default: from --config, "
-        f"else {DEFAULT_LISTEN})",
-    )
-    parser.add_argument("--config", "-c", help="the agent's YAML config file")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT:g})",
-    )
-
-
 def main(args: argparse.Namespace) -> int:
     """``container-agent health``: prints one line (stdout if healthy, else stderr)."""
     result = run(args.endpoint, args.config, args.timeout)
@@ -174,7 +159,7 @@ def _standalone(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agent.ops.health", description="Asks a running agent's /healthz."
     )
-    add_arguments(parser)
+    health_arguments(parser)
     return main(parser.parse_args(argv))
 
 

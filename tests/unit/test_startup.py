@@ -236,3 +236,23 @@ def test_the_disk_buffer_is_imported_only_for_an_exporter_that_has_one() -> None
         """
     )
     assert out.splitlines() == ["False", "agent.delivery.buffer"]
+
+
+def test_run_imports_no_operator_command_module() -> None:
+    """``run`` declares the status/top/tap/health arguments (agent.ops.commands) without
+    importing the commands; each command imports its module when it runs."""
+    out = run(
+        """
+        import sys
+        from agent import cli
+        args = cli._parser().parse_args(["run"])
+        print(sorted(m for m in sys.modules if m.startswith("agent.ops.")))
+        args = cli._parser().parse_args(["health", "--endpoint", "127.0.0.1:1", "--timeout", "0.2"])
+        print(cli.main(["health", "--endpoint", "127.0.0.1:1", "--timeout", "0.2"]))
+        print(sorted(m for m in sys.modules if m.startswith("agent.ops.")))
+        """
+    )
+    first, code, after = out.splitlines()[-3:]
+    assert first == "['agent.ops.commands']"
+    assert code == "1"  # nothing listens there: unhealthy
+    assert after == "['agent.ops.commands', 'agent.ops.health']"
