@@ -21,7 +21,7 @@ from agent.engine.client import DEFAULT_HOST
 from agent.engine.tls import TlsConfig
 from agent.filters import ContainerFilter
 from agent.processing.config import ProcessingConfig
-from agent.section import Section
+from agent.section import Section, empty_list
 from exporters.base import REGISTRY, ExporterConfig
 
 
@@ -331,8 +331,10 @@ def _default_text(info: FieldInfo) -> str:
     if info.is_required():
         return "required"
     if info.default_factory is not None:
-        if info.default_factory in (list, dict):
-            return "`[]`" if info.default_factory is list else "`{}`"
+        if info.default_factory in (list, empty_list):
+            return "`[]`"
+        if info.default_factory is dict:
+            return "`{}`"
         return "see doc"
     if info.default is None:
         return "null"

@@ -8,7 +8,7 @@ from functools import cached_property
 from pydantic import Field, field_validator
 
 from agent.record import ContainerMeta
-from agent.section import Section
+from agent.section import Section, empty_list
 
 
 def _compile(patterns: list[str]) -> list[re.Pattern[str]]:
@@ -18,10 +18,10 @@ def _compile(patterns: list[str]) -> list[re.Pattern[str]]:
 class Match(Section):
     """Regular expressions (searched, not anchored; use ^…$ to anchor); any one matching counts."""
 
-    name: list[str] = Field(default_factory=list, description="Container name patterns.")
-    image: list[str] = Field(default_factory=list, description="Image name patterns.")
+    name: list[str] = Field(default_factory=empty_list, description="Container name patterns.")
+    image: list[str] = Field(default_factory=empty_list, description="Image name patterns.")
     label: list[str] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="`key` (label present) or `key=regex` (label value matches).",
     )
 

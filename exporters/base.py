@@ -18,7 +18,7 @@ from pydantic import Field
 
 from agent.filters import ContainerFilter
 from agent.record import Record
-from agent.section import Section
+from agent.section import Section, empty_list
 
 
 class BufferConfig(Section):
@@ -45,10 +45,10 @@ class RouteConfig(Section):
     """Which records an exporter takes, besides its container filter (default: all)."""
 
     kinds: list[Literal["log", "event", "stats"]] = Field(
-        default_factory=list, description="Only records of these kinds (default: every kind)."
+        default_factory=empty_list, description="Only records of these kinds (default: every kind)."
     )
     streams: list[Literal["stdout", "stderr"]] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Only log records of these streams (default: both); events and stats "
         "are not filtered by stream.",
     )

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from agent.filters import Match
 from agent.secrets import MASK
-from agent.section import Section
+from agent.section import Section, empty_list
 
 MULTILINE_PRESETS = ("java", "python", "go", "node")
 REDACT_PRESETS = ("bearer", "aws", "card", "email", "jwt", "url_password")
@@ -213,7 +213,7 @@ class Settings(Section):
     )
     exclude: str | None = Field(None, description='Drop lines matching this regex (`""`: none).')
     redact: list[str] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description=f"Redaction presets ({', '.join(REDACT_PRESETS)}) or names of "
         "`redactions`; added to those given before, never removed.",
     )
@@ -243,13 +243,13 @@ class ProcessingConfig(Settings):
 
     labels: bool = Field(True, description="Honour `container-agent.logs.*` labels of containers.")
     locked: list[str] = Field(
-        default_factory=list, description="Settings that labels may not change."
+        default_factory=empty_list, description="Settings that labels may not change."
     )
     profiles: dict[str, Settings] = Field(
         default_factory=dict, description="Named settings (rules and labels pick them)."
     )
     rules: list[Rule] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Settings by container match; every matching rule applies, in order.",
     )
     redactions: dict[str, CustomRedaction] = Field(

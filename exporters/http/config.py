@@ -16,7 +16,7 @@ from yarl import URL
 
 from agent.retry import DEFAULT_INITIAL_SECONDS, DEFAULT_MAX_SECONDS
 from agent.secrets import masked_headers, masked_url
-from agent.section import Section
+from agent.section import Section, empty_list
 from exporters.base import ExporterConfig
 from exporters.http.formats.loki import DEFAULT_LABELS, check_label_field
 
@@ -139,7 +139,7 @@ class ElasticsearchConfig(Section):
 
 class OtlpConfig(Section):
     container_labels: list[str] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Container labels to add as resource attributes `container.label.<key>`.",
     )
 

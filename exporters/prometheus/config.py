@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from agent.section import empty_list
 from exporters.base import ExporterConfig
 
 
@@ -13,7 +14,7 @@ class PrometheusConfig(ExporterConfig):
     type: Literal["prometheus"] = Field(description="Serve metrics for Prometheus to scrape.")
     listen: str = Field("127.0.0.1:9811", description="`host:port` to serve on.")
     container_labels: list[str] = Field(
-        default_factory=list,
+        default_factory=empty_list,
         description="Container labels to add to container metrics, as "
         "`container_label_<name>` (none by default: labels can be unbounded).",
     )

@@ -256,3 +256,33 @@ def test_run_imports_no_operator_command_module() -> None:
     assert first == "['agent.ops.commands']"
     assert code == "1"  # nothing listens there: unhealthy
     assert after == "['agent.ops.commands', 'agent.ops.health']"
+
+
+def test_no_config_field_has_list_as_its_default_factory() -> None:
+    """pydantic reads every default factory's signature when it builds a model, and
+    ``inspect.signature(list)`` parses list's text signature (~0.1 ms a field, at every
+    start): the sections' list fields use ``empty_list``, whose instances are not shared."""
+    out = run(
+        """
+        import exporters
+        import agent.config
+        from agent.filters import Match
+        from agent.section import Section
+        for name in exporters.names():
+            exporters.load(name)
+        def subclasses(cls):
+            for sub in cls.__subclasses__():
+                yield sub
+                yield from subclasses(sub)
+        models = set(subclasses(Section))
+        print(len(models), sorted(
+            f"{m.__name__}.{f}" for m in models for f, info in m.model_fields.items()
+            if info.default_factory in (list, tuple, set)
+        ))
+        a, b = Match(), Match()
+        print(a.name == [] and a.name is not b.name)
+        """
+    )
+    counted, fields = out.splitlines()[0].split(" ", 1)
+    assert int(counted) > 10 and fields == "[]"
+    assert out.splitlines()[1] == "True"
