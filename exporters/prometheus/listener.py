@@ -118,6 +118,16 @@ def _error_text(exc: OSError) -> str:
 # -- the listener -----------------------------------------------------------------------------
 
 
+def _host_arg(host: str | None) -> str | bytes | None:
+    """``listen``'s host as ``getaddrinfo`` takes it: an ASCII one (an address, ``localhost``)
+    as bytes. Given a str, ``socket.getaddrinfo`` encodes it with the idna codec, which
+    leaves an ASCII name as it is but whose import (``encodings.idna``, ``stringprep``) is
+    ~110 kB of resident memory; a name that is not ASCII still goes through it."""
+    if host is not None and host.isascii():
+        return host.encode("ascii")
+    return host
+
+
 class _Connection(asyncio.Protocol):
     """One accepted connection: aiohttp's request handler behind the listener's timeouts.
 
@@ -240,7 +250,7 @@ class Listener:
 
     async def start(self, host: str | None, port: int) -> None:
         infos = await self.loop.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            _host_arg(host), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
         seen = set()
         try:

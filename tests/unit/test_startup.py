@@ -286,3 +286,36 @@ def test_no_config_field_has_list_as_its_default_factory() -> None:
     counted, fields = out.splitlines()[0].split(" ", 1)
     assert int(counted) > 10 and fields == "[]"
     assert out.splitlines()[1] == "True"
+
+
+def test_the_prometheus_listener_resolves_an_ascii_host_without_the_idna_codec() -> None:
+    """socket.getaddrinfo encodes a str host with the idna codec (its import is ~110 kB);
+    the listener passes an ASCII host as bytes: the same address, the codec not imported."""
+    out = run(
+        """
+        import asyncio, socket, sys
+        import agent.cli
+        from exporters.prometheus.config import PrometheusConfig
+        from exporters.prometheus.exporter import PrometheusExporter
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        async def main():
+            config = PrometheusConfig(type="prometheus", listen=f"127.0.0.1:{port}")
+            exporter = PrometheusExporter("metrics", config)
+            await exporter.start()
+            try:
+                print([s.getsockname() for s in exporter.listener.sockets])
+            finally:
+                await exporter.close()
+        asyncio.run(main())
+        print("encodings.idna" in sys.modules)
+        """
+    )
+    assert out.splitlines()[0].startswith("[('127.0.0.1', ")
+    assert out.splitlines()[1] == "False"
+
+    from exporters.prometheus.listener import _host_arg
+
+    assert _host_arg("localhost") == b"localhost" and _host_arg(None) is None
+    assert _host_arg("bücher.example") == "bücher.example"  # idna's to encode
