@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import calendar
 import functools
+import re
 import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -355,11 +357,19 @@ def format_timestamp_ns(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:09d}Z"
 
 
+_BASE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}", re.ASCII)  # as the engine writes it
+
+
 @functools.lru_cache(maxsize=1024)
 def _utc_seconds(base: str) -> int:
     """``2024-01-01T00:00:00`` as unix seconds; a stamp's whole seconds recur (every line
-    of a second, every scrape's read lags), strptime is ~5 us."""
-    return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+    of a second, every scrape's read lags). Read by ``datetime.fromisoformat`` (in C, ~0.3
+    us), which checks the ranges as ``time.strptime`` did; strptime's first call imports
+    ``_strptime`` and builds its locale's patterns, ~90 kB of resident memory. ValueError
+    for anything else (strptime also took one-digit fields; the engine writes two)."""
+    if not _BASE.fullmatch(base):
+        raise ValueError(f"time data {base!r} does not match format '%Y-%m-%dT%H:%M:%S'")
+    return calendar.timegm(datetime.fromisoformat(base).timetuple())
 
 
 def timestamp_to_unix(ts: str) -> str:

@@ -96,6 +96,39 @@ def test_timestamps() -> None:
     assert timestamp_to_unix("2026-11-28T11:11:02.5+01:00") == "1795860662.500000000"
 
 
+@settings(max_examples=500)
+@given(st.datetimes())
+def test_timestamp_seconds_are_strptimes(moment: Any) -> None:
+    """The whole seconds of a stamp are what ``calendar.timegm(time.strptime(...))`` gave
+    (before datetime.fromisoformat read them), from year 1 to 9999."""
+    import calendar
+    import time
+
+    base = (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )
+    expected = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+    assert timestamp_to_unix(base + ".5Z") == f"{expected}.500000000"
+    assert timestamp_to_unix(base + "Z") == f"{expected}.000000000"
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2026-11-28 10:11:02Z",  # not T
+        "2026-11-28T10:11:02+01:00",  # an offset without a fraction: strptime refused it too
+        "2026-11-28T24:00:00Z",
+        "2026-02-30T10:11:02Z",
+        "2026-W48-6T10:11:0Z",
+        "garbage",
+    ],
+)
+def test_a_stamp_not_in_the_engines_form_is_a_value_error(stamp: str) -> None:
+    with pytest.raises(ValueError):
+        timestamp_to_unix(stamp)
+
+
 def test_normalize_timestamp() -> None:
     from agent.record import normalize_timestamp
 

@@ -319,3 +319,23 @@ def test_the_prometheus_listener_resolves_an_ascii_host_without_the_idna_codec()
 
     assert _host_arg("localhost") == b"localhost" and _host_arg(None) is None
     assert _host_arg("bücher.example") == "bücher.example"  # idna's to encode
+
+
+def test_engine_timestamps_are_read_without_strptime() -> None:
+    """time.strptime's first call imports _strptime and builds its locale's patterns
+    (~90 kB); the engine's stamps (discovery's ``since``, stats reads, start times) are
+    read by datetime.fromisoformat."""
+    out = run(
+        """
+        import sys
+        from agent.record import normalize_timestamp, timestamp_to_unix
+        print(timestamp_to_unix("2026-11-28T11:11:02.5+01:00"))
+        print(normalize_timestamp("2026-11-28T10:11:02Z"))
+        print("_strptime" in sys.modules)
+        """
+    )
+    assert out.splitlines() == [
+        "1795860662.500000000",
+        "2026-11-28T10:11:02.000000000Z",
+        "False",
+    ]
