@@ -81,25 +81,3 @@ def load_deferred_ca() -> None:
     without it (blocking file reads: call it from a thread)."""
     while _DEFERRED_CA:
         _DEFERRED_CA.pop().set_default_verify_paths()
-
-
-def aiohttp_web_without_mime_files() -> None:
-    """aiohttp.web makes a ``mimetypes.MimeTypes`` when it is imported (for static files,
-    which the agent never serves). The first one made runs ``mimetypes.init()``, which
-    reads the system's mime.types (/etc/mime.types: about 0.4 MB of resident memory and
-    2-3 ms) into the module's own tables; that instance's tables are Python's built-in
-    ones either way. So aiohttp.web is imported with mimetypes marked initialised; the
-    module's functions (``mimetypes.guess_type``) still read the files at their first
-    call (they test whether the tables exist, not the flag). Called by the prometheus
-    exporter before it imports aiohttp.web."""
-    import mimetypes
-    import sys
-
-    if "aiohttp.web" in sys.modules or mimetypes.inited:
-        return
-    mimetypes.inited = True
-    try:
-        import aiohttp.web  # noqa: F401
-    finally:
-        if getattr(mimetypes, "_db", None) is None:  # nothing read the files meanwhile
-            mimetypes.inited = False

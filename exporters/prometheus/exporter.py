@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agent import aiohttp_web_without_mime_files
 from agent.record import Record
 from exporters.base import Exporter, Health, register
 from exporters.prometheus import views
@@ -38,7 +37,11 @@ from exporters.prometheus.exposition import SWITCH, Snapshot, gzip_body, render,
 from exporters.prometheus.listener import Listener, Throttled, server_logger
 
 if TYPE_CHECKING:
-    from aiohttp import web
+    from collections.abc import Awaitable, Callable
+
+    from aiohttp.web_request import BaseRequest
+    from aiohttp.web_response import Response, StreamResponse
+    from aiohttp.web_server import Server
 
     from agent.metrics.collectors import AgentCollector, ContainerCollector
     from agent.metrics.text import TextCache
@@ -65,7 +68,8 @@ class PrometheusExporter(Exporter):
         self._process: Any = None
         self._text_cache: TextCache | None = None  # the build thread's alone
         self._gzip: _Gzip | None = None  # the body being gzipped
-        self._runner: web.AppRunner | None = None
+        self._server: Server | None = None
+        self._routes: dict[str, Callable[[BaseRequest], Awaitable[StreamResponse]]] = {}
         self.listener: Listener | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock: asyncio.Lock | None = None
@@ -90,44 +94,51 @@ class PrometheusExporter(Exporter):
         self._text_cache = TextCache()
 
     async def start(self) -> None:
-        aiohttp_web_without_mime_files()
-        from aiohttp import web
+        # aiohttp's low-level server (documented as aiohttp.web.Server) and a table of five
+        # paths: aiohttp.web's Application, router and runner would bring its websocket,
+        # static-file and URL-dispatch modules too (~0.6 MB of resident memory).
+        from aiohttp.web_server import Server
 
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
+        self._routes = {"/metrics": self._metrics, "/healthz": self._healthz}
+        self._routes["/readyz"] = self._readyz
         if self.config.status:
-            app.router.add_get("/status", self._status)
+            self._routes["/status"] = self._status
         if self.config.tap:
-            app.router.add_get("/tap", self._tap)
+            self._routes["/tap"] = self._tap
         self._server_errors = Throttled("http_request_failed", exporter=self.name)
-        self._runner = web.AppRunner(
-            app,
+        self._server = Server(
+            self._route,
             access_log=None,
-            handle_signals=False,
             keepalive_timeout=self.config.idle_timeout_seconds,
-            shutdown_timeout=SHUTDOWN_SECONDS,
             logger=server_logger(self.name, self._server_errors),
         )
-        await self._runner.setup()
-        assert self._runner.server is not None
         host, _, port = self.config.listen.rpartition(":")
-        self.listener = Listener(self.name, self._runner.server, self.config)
+        self.listener = Listener(self.name, self._server, self.config)
         try:
             await self.listener.start(host.strip("[]") or None, int(port))
         except OSError as exc:
             self.listener = None
-            await self._runner.cleanup()
-            self._runner = None
+            self._server = None
             raise OSError(
                 f"prometheus exporter cannot listen on {self.config.listen}: {exc.strerror or exc}"
             ) from exc
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"metrics-{self.name}")
         self._lock = asyncio.Lock()
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        from aiohttp import web
+    async def _route(self, request: BaseRequest) -> StreamResponse:
+        """GET (or HEAD) of a path in the table; else 404, or 405 for another method on
+        one of its paths: the answers of aiohttp's router with ``add_get`` routes."""
+        from aiohttp import web_exceptions
+
+        handler = self._routes.get(request.path)
+        if handler is None:
+            raise web_exceptions.HTTPNotFound()
+        if request.method not in ("GET", "HEAD"):
+            raise web_exceptions.HTTPMethodNotAllowed(request.method, ("GET", "HEAD"))
+        return await handler(request)
+
+    async def _metrics(self, request: BaseRequest) -> Response:
+        from aiohttp.web_response import Response
         from prometheus_client import exposition as text_format
         from prometheus_client.openmetrics import exposition as om_format
 
@@ -143,7 +154,7 @@ class PrometheusExporter(Exporter):
         ):
             body = await self._gzipped(body)
             headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body, headers=headers)
+        return Response(body=body, headers=headers)
 
     async def _gzipped(self, body: bytes) -> bytes:
         """``body`` gzipped in the build thread, once for all the scrapes it answers that
@@ -221,27 +232,27 @@ class PrometheusExporter(Exporter):
             self.last_build_seconds,
         )
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        from aiohttp import web
+    async def _healthz(self, request: BaseRequest) -> Response:
+        from aiohttp.web_response import Response
 
-        return web.Response(body=b'{"alive":true}', content_type="application/json")
+        return Response(body=b'{"alive":true}', content_type="application/json")
 
-    async def _readyz(self, request: web.Request) -> web.Response:
-        from aiohttp import web
+    async def _readyz(self, request: BaseRequest) -> Response:
+        from aiohttp.web_response import Response
 
         if self._state is None:
             return _starting()
         ok, body = self._state.ready()
-        return web.Response(
+        return Response(
             status=200 if ok else 503, body=orjson.dumps(body), content_type="application/json"
         )
 
-    async def _status(self, request: web.Request) -> web.Response:
+    async def _status(self, request: BaseRequest) -> Response:
         if self._state is None:
             return _starting()
         return await views.status(self._state)
 
-    async def _tap(self, request: web.Request) -> web.StreamResponse:
+    async def _tap(self, request: BaseRequest) -> StreamResponse:
         if self._state is None:
             return _starting()
         return await views.tap(self._state, request)
@@ -252,9 +263,10 @@ class PrometheusExporter(Exporter):
     async def close(self) -> None:
         if self.listener is not None:
             self.listener.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:  # what aiohttp's runner did at cleanup
+            self._server.pre_shutdown()
+            await self._server.shutdown(SHUTDOWN_SECONDS)
+            self._server = None
         for task in list(self._builds):
             task.cancel()
         await asyncio.gather(*self._builds, return_exceptions=True)
@@ -269,7 +281,7 @@ class PrometheusExporter(Exporter):
         return f"http://{self.config.listen}/metrics"
 
     def health(self) -> Health:
-        return Health(self._runner is not None, "" if self._runner else "not serving")
+        return Health(self._server is not None, "" if self._server else "not serving")
 
 
 class _Gzip:
@@ -281,10 +293,10 @@ class _Gzip:
         self.waiting = 0
 
 
-def _starting() -> web.Response:
-    from aiohttp import web
+def _starting() -> Response:
+    from aiohttp.web_response import Response
 
-    return web.Response(
+    return Response(
         status=503, body=b'{"ready":false,"detail":"starting"}', content_type="application/json"
     )
 

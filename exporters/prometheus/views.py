@@ -25,28 +25,29 @@ from agent.record import Record
 from agent.tap import Tap
 
 if TYPE_CHECKING:
-    from aiohttp import web
+    from aiohttp.web_request import BaseRequest
+    from aiohttp.web_response import Response, StreamResponse
 
     from agent.state import AgentState
 
 CHECK_SECONDS = 1.0  # a tap with nothing to send checks this often that its client is there
 
 
-async def status(state: AgentState) -> web.Response:
-    from aiohttp import web
+async def status(state: AgentState) -> Response:
+    from aiohttp.web_response import Response
 
-    return web.Response(body=orjson.dumps(state.status()), content_type="application/json")
+    return Response(body=orjson.dumps(state.status()), content_type="application/json")
 
 
-def _bad(status: int, message: str) -> web.Response:
-    from aiohttp import web
+def _bad(status: int, message: str) -> Response:
+    from aiohttp.web_response import Response
 
-    return web.Response(
+    return Response(
         status=status, body=orjson.dumps({"error": message}), content_type="application/json"
     )
 
 
-def _regex(request: web.Request, key: str) -> re.Pattern[str] | None:
+def _regex(request: BaseRequest, key: str) -> re.Pattern[str] | None:
     value = request.query.get(key)
     return None if value is None else re.compile(value)
 
@@ -60,7 +61,7 @@ def _takes(state: AgentState, name: str, batch: list[Record]) -> list[Record]:
     return []
 
 
-def tap_request(state: AgentState, request: web.Request) -> tuple[Tap, int | None] | str:
+def tap_request(state: AgentState, request: BaseRequest) -> tuple[Tap, int | None] | str:
     """The tap the query asks for and its record limit, or what is wrong with the query."""
     try:
         container, grep = _regex(request, "container"), _regex(request, "grep")
@@ -86,14 +87,14 @@ def tap_request(state: AgentState, request: web.Request) -> tuple[Tap, int | Non
     return Tap(container=container, grep=grep, wants=wants), limit
 
 
-async def tap(state: AgentState, request: web.Request) -> web.StreamResponse:
-    from aiohttp import web
+async def tap(state: AgentState, request: BaseRequest) -> StreamResponse:
+    from aiohttp.web_response import StreamResponse
 
     asked = tap_request(state, request)
     if isinstance(asked, str):
         return _bad(400, asked)
     watcher, limit = asked
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    response = StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     hub = state.tap
     hub.subscribe(watcher)

@@ -168,7 +168,11 @@ def test_tune_gc_collects_what_start_up_left_and_freezes_the_rest() -> None:
     assert out.splitlines() == ["True True", "True (0, 0)"]
 
 
-def test_the_prometheus_exporter_leaves_the_system_mime_types_unread() -> None:
+def test_the_prometheus_exporter_serves_without_aiohttp_web() -> None:
+    """aiohttp's low-level server and the exporter's own table of paths: aiohttp.web's
+    application, router, runner, websocket and static-file modules (~0.6 MB) stay
+    unimported, and the system's mime.types unread; the answers are the router's (404
+    elsewhere, 405 with Allow for another method, HEAD without a body)."""
     out = run(
         """
         import asyncio, mimetypes, socket, sys
@@ -178,21 +182,46 @@ def test_the_prometheus_exporter_leaves_the_system_mime_types_unread() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        async def ask(method, path):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = f"{method} {path} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n"
+            writer.write(head.encode())
+            answer = await reader.read()
+            writer.close()
+            head, _, body = answer.partition(b"\\r\\n\\r\\n")
+            lines = head.decode().split("\\r\\n")
+            allow = [h for h in lines if h.lower().startswith("allow:")]
+            return lines[0], allow, body
         async def main():
-            config = PrometheusConfig(type="prometheus", listen=f"127.0.0.1:{port}")
+            config = PrometheusConfig(type="prometheus", listen=f"127.0.0.1:{port}", tap=False)
             exporter = PrometheusExporter("metrics", config)
             await exporter.start()
             try:
-                from aiohttp import web_fileresponse
-                print("aiohttp.web" in sys.modules, mimetypes._db is None, mimetypes.inited)
-                print(web_fileresponse.CONTENT_TYPES.guess_type("a.html")[0])
+                for method, path in [("GET", "/healthz"), ("HEAD", "/healthz"),
+                                     ("GET", "/nothing"), ("POST", "/healthz"),
+                                     ("GET", "/tap"), ("GET", "/healthz/")]:
+                    print(method, path, *await ask(method, path))
             finally:
                 await exporter.close()
+            print(exporter.health().ok)
         asyncio.run(main())
-        print(mimetypes.guess_type("a.css")[0], mimetypes._db is not None)  # read when asked
+        print(sorted(m for m in sys.modules if m.startswith("aiohttp.web")))
+        print(mimetypes.inited)
         """
     )
-    assert out.splitlines() == ["True True False", "text/html", "text/css True"]
+    assert out.splitlines() == [
+        "GET /healthz HTTP/1.1 200 OK [] b'{\"alive\":true}'",
+        "HEAD /healthz HTTP/1.1 200 OK [] b''",
+        "GET /nothing HTTP/1.1 404 Not Found [] b'404: Not Found'",
+        "POST /healthz HTTP/1.1 405 Method Not Allowed ['Allow: GET,HEAD'] "
+        "b'405: Method Not Allowed'",
+        "GET /tap HTTP/1.1 404 Not Found [] b'404: Not Found'",
+        "GET /healthz/ HTTP/1.1 404 Not Found [] b'404: Not Found'",
+        "False",
+        "['aiohttp.web_exceptions', 'aiohttp.web_log', 'aiohttp.web_protocol', "
+        "'aiohttp.web_request', 'aiohttp.web_response', 'aiohttp.web_server']",
+        "False",
+    ]
 
 
 def test_the_prometheus_exporter_imports_gzip_only_for_a_gzipped_answer() -> None:
