@@ -224,23 +224,33 @@ def test_the_prometheus_exporter_serves_without_aiohttp_web() -> None:
     ]
 
 
-def test_the_prometheus_exporter_imports_gzip_only_for_a_gzipped_answer() -> None:
-    out = run(
-        """
-        import asyncio, gzip, socket, sys
+# A fresh interpreter that starts a prometheus exporter on a free port, runs
+# ``while_started`` and closes it (the tests' code follows, at the same indent).
+PROMETHEUS_STARTED = """
+        import asyncio, socket, sys
         import agent.cli
         from exporters.prometheus.config import PrometheusConfig
         from exporters.prometheus.exporter import PrometheusExporter
-        from exporters.prometheus.exposition import gzip_body
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         async def main():
-            config = PrometheusConfig(type="prometheus", listen=f"127.0.0.1:{port}")
+            config = PrometheusConfig(type="prometheus", listen=f"127.0.0.1:{{port}}")
             exporter = PrometheusExporter("metrics", config)
             await exporter.start()
-            await exporter.close()
-        asyncio.run(main())
+            try:
+                {while_started}
+            finally:
+                await exporter.close()
+        asyncio.run(main())"""
+
+
+def test_the_prometheus_exporter_imports_gzip_only_for_a_gzipped_answer() -> None:
+    out = run(
+        PROMETHEUS_STARTED.format(while_started="pass")
+        + """
+        import gzip
+        from exporters.prometheus.exposition import gzip_body
         print("exporters._compress" in sys.modules, "isal" in sys.modules)
         body = b"up 1\\n" * 1000
         assert gzip.decompress(gzip_body(body)) == body
@@ -321,23 +331,10 @@ def test_the_prometheus_listener_resolves_an_ascii_host_without_the_idna_codec()
     """socket.getaddrinfo encodes a str host with the idna codec (its import is ~110 kB);
     the listener passes an ASCII host as bytes: the same address, the codec not imported."""
     out = run(
-        """
-        import asyncio, socket, sys
-        import agent.cli
-        from exporters.prometheus.config import PrometheusConfig
-        from exporters.prometheus.exporter import PrometheusExporter
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        async def main():
-            config = PrometheusConfig(type="prometheus", listen=f"127.0.0.1:{port}")
-            exporter = PrometheusExporter("metrics", config)
-            await exporter.start()
-            try:
-                print([s.getsockname() for s in exporter.listener.sockets])
-            finally:
-                await exporter.close()
-        asyncio.run(main())
+        PROMETHEUS_STARTED.format(
+            while_started="print([s.getsockname() for s in exporter.listener.sockets])"
+        )
+        + """
         print("encodings.idna" in sys.modules)
         """
     )
