@@ -54,7 +54,8 @@ second. ``--bulk``: 4 containers x 250,000 lines as fast as they can, read by th
 
 ``--ab-agent``: each agent phase is run again with another tree's agent (``files@b``,
 ``api@b``) on the same containers, ``--ab-rounds`` times, which goes first alternating;
-a table then gives both sides' medians.
+a table then gives both sides' medians. With ``--bulk``, each bulk run has
+``files@b`` and ``api@b`` beside ``files`` and ``api`` too.
 """
 
 from __future__ import annotations
@@ -1342,8 +1343,11 @@ async def bulk_run(
     c, lines, delay = args.bulk_containers, args.bulk_lines, args.bulk_delay
     run_id = new_run_id()
     ctx = dict(base, run_id=run_id, start_at="beginning", fb_path="")
-    workdir = Path(tempfile.mkdtemp(prefix=f"ca-bench-bulk-{kind}-"))
-    reader = Reader(kind, workdir, ctx)
+    source, _, other = kind.partition("@")
+    if other:  # "files@b": --ab-agent's tree
+        ctx["agent_command"] = [args.ab_agent]
+    workdir = Path(tempfile.mkdtemp(prefix=f"ca-bench-bulk-{source}-"))
+    reader = Reader(source, workdir, ctx)
     expected = c * lines
     result: dict[str, Any] = {"reader": kind}
     counter = LineCounter(reader.output, None if kind == "fluent-bit" else b'{"kind":"log"')
@@ -1426,9 +1430,12 @@ async def bulk(
     engine: BenchEngine, args: argparse.Namespace, base: dict[str, Any]
 ) -> dict[str, Any]:
     kinds = ["files", "api"] + (["fluent-bit"] if base.get("fluent_bit") else [])
+    if args.ab_agent:  # the other tree beside each, which goes first alternating
+        kinds[1:1] = ["files@b"]
+        kinds[3:3] = ["api@b"]
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for i in range(args.bulk_runs):
-        for kind in kinds:
+        for kind in kinds if i % 2 == 0 else kinds[::-1]:
             log(f"bulk run {i + 1}/{args.bulk_runs}: {kind}")
             r = await bulk_run(engine, args, base, kind)
             runs[kind].append(r)
