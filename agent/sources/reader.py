@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import operator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -66,6 +66,12 @@ class ContainerReader:
     async def _emit(self, batch: list[Record]) -> None:
         await self.followers.pipeline_send(batch)
         self._booked(batch)
+
+    def inspected(self, answer: dict[str, Any]) -> None:
+        """An inspect answer the source asked for (the files source, at each read): the
+        inventory takes its facts (pid, start, limits), so that the stats collector need
+        not ask the engine for them again."""
+        self.followers.inventory.apply_inspect(self.meta.id, answer)
 
     def emit_ready(self) -> bool:
         """Whether ``emit_now`` may take a batch: the batches go straight to the pipeline

@@ -161,6 +161,8 @@ class _Tail(FileChain):
         if not self.files:
             raise NotFound(f"no json-file log at {self.path}")
         running, info = await self._inspect()
+        if info:
+            self.reader.inspected(info)
         tty = (info.get("Config") or {}).get("Tty") if info else None
         if tty is None:
             tty = self.reader.meta.tty

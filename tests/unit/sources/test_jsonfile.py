@@ -230,6 +230,7 @@ class Run:
         self.source = source
         self.records: list[Record] = []
         self.on_emit = on_emit
+        self.answers: list[dict[str, Any]] = []  # inspect answers handed to the reader
         self.reader = SimpleNamespace(
             meta=meta(),
             followers=SimpleNamespace(positions={CID: {}}, marks={}, lines_lost=0),
@@ -239,6 +240,7 @@ class Run:
             # new lines of a slow writer are read in the inotify handler
             emit_ready=lambda: now,
             emit_now=self.took,
+            inspected=self.answers.append,
         )
         self.task: asyncio.Task[StreamEnd] | None = None
 
@@ -293,6 +295,8 @@ async def test_follows_a_file_and_stops_when_the_container_stops(
     await run.until(15)
     assert await stop(run, engine, writer) is StreamEnd.STOPPED
     assert run.messages() == [f"line {i}" for i in range(15)]
+    # The inspect answer at the start went to the reader (for the inventory's stats).
+    assert run.answers and run.answers[0]["State"]["Running"] is True
 
 
 async def test_write_to_record_latency_is_short(tmp_path: Path) -> None:

@@ -194,6 +194,17 @@ async def test_emit_now_books_a_batch_as_emit_does_when_the_pipeline_has_room() 
     assert reader.lines == 3
 
 
+def test_an_inspect_answer_a_source_got_goes_to_the_inventory() -> None:
+    """The stats collector then need not ask the engine again (it asks for containers
+    not inspected yet)."""
+    h = Harness(ScriptedSource())
+    reader = ContainerReader(meta(), h.followers.source, h.followers)
+    info = h.followers.inventory.get(meta())
+    assert not info.inspected
+    reader.inspected({"State": {"Pid": 4321, "Status": "running"}, "HostConfig": {"Memory": 64}})
+    assert info.inspected and info.pid == 4321 and info.memory_limit == 64
+
+
 async def test_inventory_counts_lines_and_characters_per_stream() -> None:
     source = ScriptedSource(
         [
