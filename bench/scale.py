@@ -31,8 +31,11 @@ each new line with ``time.time()``), the lines delivered per second against thos
 ``--scale-scrapes`` more scrapes, 3 s apart (every row stale again), each asked for gzip
 (as Prometheus asks) and then for identity: their time (curl's, when installed: this
 process's own loop, following every output file, must not delay the answer it times), the
-agent's CPU per scrape, and the size. Ratios: the agent's figures to
-Fluent Bit's (same run), and the agent's CPU to the engine-only dockerd CPU. A phase
+agent's CPU per scrape, and the size. Then ``--scale-late`` more containers are started,
+and how long after its start (the engine's ``StartedAt``) each was followed (its
+``container_followed`` line) is reported; they are removed before the next phase.
+Ratios: the agent's figures to Fluent Bit's (same run), and the agent's CPU to the
+engine-only dockerd CPU. A phase
 during which other processes used the machine, or other containers ran on the engine, is
 measured again (``--retries``) once the machine is quiet; a phase still skewed is flagged.
 Fluent Bit's tail ``Path`` is that glob when this run's containers are the engine's only
@@ -118,6 +121,7 @@ PHASES = ("engine", "files", "fluent-bit", "api")
 # Between the scrapes timed after the window: every row a line changed is stale again (as
 # at Prometheus's 15 s), not answered from the text cache of the scrape before.
 SCRAPE_GAP_SECONDS = 3.0
+LATE_WAIT_SECONDS = 10.0  # for the containers started late to be followed
 CAUGHT_UP_S = 3.0  # a container's line delivered within this: the reader keeps up with it
 
 # The agent under --profile: counts GC collections and their time per generation; SIGUSR1
@@ -786,6 +790,8 @@ async def reader_phase(
                 "skewed": skewed(others.cpu_s, elapsed, foreign),
             }
         )
+        if kind in ("files", "api") and args.scale_late:
+            result.update(await late_followed(reader, ctx, args.scale_late))
         if want_profile:
             result["profile"] = await profile_agent(reader, watch, args, ctx, kind)
     finally:
@@ -804,6 +810,38 @@ async def reader_phase(
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+async def late_followed(reader: Reader, ctx: dict[str, Any], n: int) -> dict[str, Any]:
+    """Starts ``n`` more tickers while the agent runs (after the window), and how long
+    after its start each was followed: its ``container_followed`` line's stamp less the
+    engine's ``State.StartedAt``. They are removed before the next phase."""
+    engine = ctx["engine"]
+    tag = new_run_id()
+    ids = await engine.create_many(
+        [f"ca-bench-{ctx['run_id']}-late-{tag}-{i}" for i in range(n)],
+        [ticker_command(i, 1.0) for i in range(n)],
+        ctx["run_id"],
+    )
+    try:
+        await engine.start_many(ids)
+        started = {}
+        for cid in ids:
+            info = await engine.docker.containers.container(cid).show()
+            started[cid] = ts_epoch(info["State"]["StartedAt"])
+        deadline = time.monotonic() + LATE_WAIT_SECONDS
+        followed = reader.followed(set(ids))
+        while len(followed) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            followed = reader.followed(set(ids))
+        delays = [1000 * (followed[c] - started[c]) for c in ids if c in followed]
+        return {
+            "late_followed": len(followed),
+            "late_follow_ms": median(delays) if delays else None,
+            "late_follow_max_ms": max(delays) if delays else None,
+        }
+    finally:
+        await engine.remove(ids)
 
 
 async def engine_phase(
@@ -1106,6 +1144,8 @@ ROWS = (
     ("startup_cpu_s", "start-up CPU s (until all in output)"),
     ("all_followed_s", "all followed s (agent log)"),
     ("all_in_output_s", "all in output s"),
+    ("late_follow_ms", "followed after own start ms (median)"),
+    ("late_follow_max_ms", "followed after own start ms (max)"),
     ("dockerd_cpu_pct", "dockerd CPU %"),
     ("engine_side_cpu_pct", "containerd+shims CPU %"),
     ("machine_busy_pct", "machine busy % (all CPUs)"),
@@ -1592,6 +1632,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--scale-scrapes", type=int, default=3, help="/metrics scrapes timed after the window (3)"
+    )
+    g.add_argument(
+        "--scale-late",
+        type=int,
+        default=5,
+        help="containers started after the window: followed how long after their start (5)",
     )
     g.add_argument("--startup-timeout", type=float, default=300.0, help="s (300)")
     g.add_argument(
