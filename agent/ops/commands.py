@@ -24,13 +24,18 @@ COMMANDS = {
 }
 
 
-def health_arguments(parser: argparse.ArgumentParser) -> None:
+def _endpoint_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--endpoint`` (``what`` answers there) and ``--config``, which every command takes."""
     parser.add_argument(
         "--endpoint",
-        help="host:port or URL of the agent's prometheus exporter (default: from --config, "
-        f"else {DEFAULT_LISTEN})",
+        help=f"host:port or URL of the agent's {what} (default: from --config, else "
+        f"{DEFAULT_LISTEN})",
     )
     parser.add_argument("--config", "-c", help="the agent's YAML config file")
+
+
+def health_arguments(parser: argparse.ArgumentParser) -> None:
+    _endpoint_arguments(parser, "prometheus exporter")
     parser.add_argument(
         "--timeout",
         type=float,
@@ -39,25 +44,16 @@ def health_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _console_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--endpoint",
-        help=f"host:port or URL of the agent's listener (default: from --config, else "
-        f"{DEFAULT_LISTEN})",
-    )
-    parser.add_argument("--config", "-c", help="the agent's YAML config file")
-
-
 def register(sub: Any) -> None:
     """Adds ``status``, ``top``, ``tap`` and ``health`` to the CLI's subcommands."""
     status = sub.add_parser("status", help="what the running agent is doing, as tables")
-    _console_arguments(status)
+    _endpoint_arguments(status, "listener")
     status.add_argument("--json", action="store_true", help="print the JSON document")
     top = sub.add_parser("top", help="the status, refreshed in place (Ctrl-C to leave)")
-    _console_arguments(top)
+    _endpoint_arguments(top, "listener")
     top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     tap = sub.add_parser("tap", help="print the records passing through the running agent")
-    _console_arguments(tap)
+    _endpoint_arguments(tap, "listener")
     tap.add_argument("--container", help="only containers whose name matches this regex")
     tap.add_argument("--exporter", help="only the records this exporter takes")
     tap.add_argument("--grep", help="only records whose message matches this regex")
