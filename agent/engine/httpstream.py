@@ -105,9 +105,7 @@ class _Receiver(asyncio.BufferedProtocol):
         if self.size >= self.limit and not self._paused and self.transport is not None:
             self.transport.pause_reading()
             self._paused = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def eof_received(self) -> bool:
         self.eof = True
