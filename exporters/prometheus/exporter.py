@@ -99,8 +99,11 @@ class PrometheusExporter(Exporter):
         # static-file and URL-dispatch modules too (~0.6 MB of resident memory).
         from aiohttp.web_server import Server
 
-        self._routes = {"/metrics": self._metrics, "/healthz": self._healthz}
-        self._routes["/readyz"] = self._readyz
+        self._routes = {
+            "/metrics": self._metrics,
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+        }
         if self.config.status:
             self._routes["/status"] = self._status
         if self.config.tap:
