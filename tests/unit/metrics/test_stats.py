@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.metrics.cgroup import CgroupLayout, read_net_dev
+from agent.metrics.cgroup import CgroupLayout, _read, _read_int, _read_kv, read_net_dev
 from agent.metrics.collectors import ContainerCollector, sanitize_label
 from agent.metrics.inventory import Inventory
 from agent.metrics.sample import StatsSample, cpu_percent, parse_api_stats
@@ -193,6 +193,23 @@ def test_net_dev_parsing_ignores_garbage(tmp_path: Path) -> None:
     f.write_text("h1\nh2\n lo: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\nbroken line\n")
     assert list(read_net_dev(f)) == ["lo"]
     assert read_net_dev(tmp_path / "missing") == {}
+    f.write_text("h1\nh2\n eth0: 1 2 x 4 5 6 7 8 9 10 11 12\n lo: " + " ".join("7" * 16) + "\n")
+    assert list(read_net_dev(str(f))) == ["lo"]  # a field that is no number: the line skipped
+
+
+def test_cgroup_file_readers_on_odd_contents(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    missing = str(tmp_path / "missing")
+    assert _read(missing) is None and _read_int(missing) is None and _read_kv(missing) == {}
+    assert _read(str(tmp_path)) is None  # a directory: EISDIR on read, no exception
+    for text, value in [("max\n", 0), (" 42\n", 42), ("", None), ("4x\n", None)]:
+        f.write_text(text)
+        assert _read_int(str(f)) == value, text
+    f.write_text("anon 10\nfile x\nbroken\n\ninactive_file 3\n")
+    assert _read_kv(str(f)) == {b"anon": 10, b"inactive_file": 3}
+    big = "".join(f"key{i} {i}\n" for i in range(20_000))  # past one read's 64 KiB
+    f.write_text(big)
+    assert _read(str(f)) == big.encode() and _read_kv(str(f))[b"key19999"] == 19_999
 
 
 def test_label_sanitising() -> None:
