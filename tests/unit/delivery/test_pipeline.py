@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from agent.delivery.buffer import DiskBuffer
-from agent.delivery.pipeline import ExporterStartError, Pipeline
+from agent.delivery.pipeline import ExporterStartError, Pipeline, _lowest_accepted
 from agent.delivery.queue import RecordQueue
 from agent.delivery.runner import ExporterRunner
 from agent.positions import FileMark, Position
@@ -593,3 +595,31 @@ async def test_no_linger_sends_each_batch_as_it_comes() -> None:
         await asyncio.sleep(0.02)
     assert exp.sends == [1, 1, 1]
     await r.stop()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.dictionaries(
+            st.sampled_from(["stdout", "stderr"]),
+            st.tuples(st.sampled_from(["t1", "t2"]), st.integers(1, 3)),
+        ),
+    ),
+    st.sets(st.sampled_from(["a", "b", "c", "d", "e"])),
+)
+def test_one_exporter_for_every_container_checkpoints_what_it_accepted(
+    acked: dict[str, dict[str, tuple[str, int]]], marked: set[str]
+) -> None:
+    """With one durable exporter that takes every container (the usual agent),
+    ``delivered`` skips the minimum over exporters and streams; it must say what the
+    minimum would say. Fails when the shortcut keeps an empty container, a mark of a
+    container with nothing acknowledged, or drops a stream."""
+    r = runner(Memory("only", Config()))
+    r.acked = {c: {s: Position(*p) for s, p in per.items()} for c, per in acked.items()}
+    r.marks = {c: FileMark(1, 10, "t1", {}) for c in marked}
+    p = Pipeline([r])
+    assert r.durable and r.config.containers.everything
+    assert p.delivered({}) == _lowest_accepted([r], {})
+    meta = ContainerMeta(id="a", name="a", image="i", labels={}, host="h")
+    assert p.delivered({"a": meta}) == _lowest_accepted([r], {"a": meta})
