@@ -92,3 +92,21 @@ def test_unreadable_directory_is_an_error_not_a_crash(tmp_path: Path) -> None:
     (tmp_path / "checkpoints.json").mkdir()  # a directory where the file should be
     with pytest.raises(CheckpointError, match="cannot read"):
         CheckpointStore(str(tmp_path), 1.0).load()
+
+
+def test_containers_are_written_as_their_positions_and_marks_say() -> None:
+    """The mapping is encoded with the ``Position`` dataclasses as they are (orjson writes
+    them natively): the bytes must be those of the positions' and marks' ``to_dict``
+    (what ``load`` reads back), the stream order kept, and an empty entry kept."""
+    positions = {
+        "a": {"stderr": Position("t2", 2), "stdout": Position("t1", 1)},
+        "b": {"stdout": Position("t3", 1)},
+        "c": {},
+    }
+    marks = {"b": FileMark(7, 70, "t3", {"stdout": Position("t3", 1)}, b"tail")}
+    expected = {cid: {s: p.to_dict() for s, p in per.items()} for cid, per in positions.items()}
+    expected["b"]["file"] = marks["b"].to_dict()
+    assert CheckpointStore.encode_containers(positions, marks) == orjson.dumps(expected)
+    assert CheckpointStore.encode_containers(positions) == orjson.dumps(
+        {cid: {s: p.to_dict() for s, p in per.items()} for cid, per in positions.items()}
+    )
