@@ -28,6 +28,7 @@ import structlog  # noqa: E402
 
 from agent import logging as agent_logging  # noqa: E402
 from agent.config import ConfigError, load, reference_markdown  # noqa: E402
+from agent.eventloop import new_loop  # noqa: E402
 from agent.limits import raise_nofile_limit  # noqa: E402
 from agent.ops import commands  # noqa: E402
 from agent.runtime import EXIT_OK, EXIT_USAGE, PID_FILE, Runtime  # noqa: E402
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc()
     raise_nofile_limit()  # every followed container holds a log stream or file open
     try:
-        return asyncio.run(Runtime(config, args.config).run())
+        with asyncio.Runner(loop_factory=lambda: new_loop(config.agent.wake_window_seconds)) as run:
+            return run.run(Runtime(config, args.config).run())
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
         structlog.get_logger("agent").warning("agent_interrupted")
         return 130

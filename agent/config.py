@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 import exporters
 from agent.engine.client import DEFAULT_HOST
 from agent.engine.tls import TlsConfig
+from agent.eventloop import DEFAULT_WINDOW_SECONDS
 from agent.filters import ContainerFilter
 from agent.processing.config import ProcessingConfig
 from agent.section import Section, empty_list
@@ -141,6 +142,16 @@ class AgentConfig(Section):
     )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="The agent's own log: JSON, or console when stderr is a terminal."
+    )
+    wake_window_seconds: float = Field(
+        DEFAULT_WINDOW_SECONDS,
+        ge=0,
+        le=1,
+        description="While the agent is lightly loaded, its event loop wakes at most about "
+        "once per this long and handles everything that arrived meanwhile together (each "
+        "wake of a thread costs CPU of its own: on a host of many quiet containers, more than "
+        "their lines). Events wait up to this long; a busy loop is never held. 0: wake for "
+        "every event.",
     )
 
 

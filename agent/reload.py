@@ -17,12 +17,14 @@ batches back for a moment (readers wait; the engine keeps their lines):
   (their positions are kept: taken again later, a container resumes where it stopped),
   and running containers it now takes are followed;
 * ``logs.*`` and ``processing`` options apply to readers started from now on; the
-  agent's log level and format at once. ``engine``, ``state_dir``, ``checkpoints``, ``stats`` and
-  ``agent.hostname`` need a restart: a change to them is reported and not applied.
+  agent's log level and format, and ``agent.wake_window_seconds``, at once. ``engine``,
+  ``state_dir``, ``checkpoints``, ``stats`` and ``agent.hostname`` need a restart: a
+  change to them is reported and not applied.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from agent import logging as agent_logging
 from agent.config import Config, ConfigError, load
 from agent.delivery.pipeline import ExporterStartError
 from agent.delivery.runner import ExporterRunner
+from agent.eventloop import set_window
 from agent.processing.build import Processing
 
 if TYPE_CHECKING:
@@ -155,6 +158,7 @@ async def apply(runtime: Runtime, new: Config, p: Plan) -> None:
         runtime.chooser.api.max_message_bytes = new.logs.max_message_bytes
         runtime.chooser.files.max_message_bytes = new.logs.max_message_bytes
         runtime.chooser.files.set_linger(new.logs.files_linger_seconds)
+    set_window(asyncio.get_running_loop(), new.agent.wake_window_seconds)
     runtime.config = new
 
 

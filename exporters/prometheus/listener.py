@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from agent.eventloop import urgent
 from agent.limits import FdBudget
 
 if TYPE_CHECKING:
@@ -283,6 +284,7 @@ class Listener:
     def _watch(self) -> None:
         for sock in self.sockets:
             self.loop.add_reader(sock.fileno(), self._accept, sock)
+            urgent(self.loop, sock.fileno())  # a scrape waits for no gathered wake-up
         self._paused = False
 
     def _pause(self, seconds: float) -> None:
@@ -343,6 +345,7 @@ class Listener:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.setblocking(False)
+        urgent(self.loop, conn.fileno())
         protocol = _Connection(self, self.factory())
         self.connections.add(protocol)
         task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: protocol, conn))
