@@ -15,6 +15,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 /* -- records ------------------------------------------------------------------------- */
 
@@ -1590,6 +1593,28 @@ done:
     return out;
 }
 
+/* -- heap ---------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(malloc_trim_doc,
+"malloc_trim() -> bool | None\n\n"
+"glibc's malloc_trim(0): the heap's free pages handed back to the system; whether any\n"
+"were (None elsewhere than glibc). What ctypes.CDLL(None).malloc_trim(0) does, without\n"
+"loading ctypes.");
+
+static PyObject *
+malloc_trim_(PyObject *self, PyObject *unused)
+{
+#ifdef __GLIBC__
+    int released;
+    Py_BEGIN_ALLOW_THREADS
+    released = malloc_trim(0);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(released);
+#else
+    Py_RETURN_NONE;
+#endif
+}
+
 /* -- module -------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1604,6 +1629,7 @@ static PyMethodDef methods[] = {
     {"go_float", go_float, METH_O, go_float_doc},
     {"series_line", series_line, METH_VARARGS, series_line_doc},
     {"series_lines", series_lines, METH_VARARGS, series_lines_doc},
+    {"malloc_trim", malloc_trim_, METH_NOARGS, malloc_trim_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
 import gc
 import os
 import signal
@@ -32,6 +30,7 @@ from agent.eventloop import new_loop  # noqa: E402
 from agent.limits import raise_nofile_limit  # noqa: E402
 from agent.ops import commands  # noqa: E402
 from agent.runtime import EXIT_OK, EXIT_USAGE, PID_FILE, Runtime  # noqa: E402
+from agent.speedups import trim_heap  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -137,11 +136,4 @@ def tune_gc() -> None:
     gc.collect(1)
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
-    _trim_heap()
-
-
-def _trim_heap() -> None:
-    """Hands the heap pages freed after start-up (config parsing, schema building) back to
-    the system (glibc only; elsewhere nothing happens)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols include libc's
+    trim_heap()  # the pages freed by config parsing and schema building

@@ -37,7 +37,7 @@ from agent.sources.api.source import ApiLogSource
 from agent.sources.choice import SourceChooser
 from agent.sources.followers import LogFollowers
 from agent.sources.jsonfile.source import JsonFileLogSource
-from agent.speedups import speedups
+from agent.speedups import speedups, trim_heap
 from agent.state import AgentState
 from agent.supervisor import Supervisor
 from exporters.base import ExporterConfig
@@ -303,6 +303,9 @@ class Runtime:
                 # install time); the Python ones give the same records, at more CPU.
                 speedups="c" if speedups is not None else "python",
             )
+            # The pages freed while the exporters, sources and servers started (imports,
+            # first connections), handed back as at the command line's start (tune_gc).
+            trim_heap()
             await self.stopping.wait()
         finally:
             for task in list(self._reloads):  # a reload under way ends before the drain

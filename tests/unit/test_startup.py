@@ -365,3 +365,46 @@ def test_engine_timestamps_are_read_without_strptime() -> None:
         "2026-11-28T10:11:02.000000000Z",
         "False",
     ]
+
+
+_CDLL_RECORDED = """
+        import ctypes
+        calls = []
+        real_cdll = ctypes.CDLL
+        def cdll(*args, **kwargs):
+            calls.append(args)
+            return real_cdll(*args, **kwargs)
+        ctypes.CDLL = cdll  # (inotify_simple has ctypes imported: its libc is its own)
+        """
+
+
+def test_the_heap_is_trimmed_without_ctypes_when_the_extension_is_built() -> None:
+    out = run(
+        _CDLL_RECORDED
+        + """
+        import os
+        os.environ.pop("CONTAINER_AGENT_PURE_PYTHON", None)  # the unit tests' pure variant
+        from agent.cli import tune_gc
+        from agent.speedups import speedups, trim_heap
+        tune_gc()  # trims the heap
+        trim_heap()
+        released = speedups.malloc_trim()  # glibc: whether pages went back
+        print(speedups is not None, calls, released in (True, False))
+        """
+    )
+    assert out.splitlines() == ["True [] True"]
+
+
+def test_the_heap_is_trimmed_through_ctypes_without_the_extension() -> None:
+    out = run(
+        _CDLL_RECORDED
+        + """
+        import os
+        os.environ["CONTAINER_AGENT_PURE_PYTHON"] = "1"
+        from agent.cli import tune_gc
+        from agent.speedups import speedups
+        tune_gc()
+        print(speedups is None, calls)
+        """
+    )
+    assert out.splitlines() == ["True [(None,)]"]
