@@ -12,7 +12,8 @@ it first sleeps until ``window`` after that wake (never past the loop's next tim
 polls. Whatever arrived meanwhile is handled in one wake. The loop so wakes for events at
 most about 1/``window`` times a second while quiet, and at most ``window`` late for an
 event. It polls as asyncio always does once the work of a wake takes half the window or
-more, or events are ready when it looks (a busy loop is never held back), and after a
+more, or events are ready when it looks, or for a second after a source read a flood's
+worth of bytes at once (``flowing``: a busy loop is never held back), and after a
 wake that found no events: a loop woken by its timers (the files source's linger) gains
 nothing from a hold, which would cost a wake of its own.
 
@@ -31,6 +32,9 @@ import selectors
 import time
 
 DEFAULT_WINDOW_SECONDS = 0.05
+# A read of this many bytes at once is a stream that floods: no holds for a while.
+FLOWING_BYTES = 32 << 10
+FLOWING_SECONDS = 1.0
 
 
 class GatheringSelector(selectors.EpollSelector):
@@ -43,6 +47,13 @@ class GatheringSelector(selectors.EpollSelector):
         self._woke = 0.0  # when the last poll returned (time.monotonic)
         self._by_io = False  # whether it returned events (not a timer's time, not a hold's)
         self._urgent = select.epoll()  # descriptors that end a hold (``urgent``)
+        self._flowing_until = 0.0  # no holds before this (``flowing``)
+
+    def flowing(self) -> None:
+        """A source read a flood's worth at once (``FLOWING_BYTES``): the loop is not held
+        for ``FLOWING_SECONDS`` (a held loop would leave the engine blocked on full
+        sockets)."""
+        self._flowing_until = time.monotonic() + FLOWING_SECONDS
 
     def urgent(self, fd: int) -> None:
         """A hold ends as soon as ``fd`` is readable. (Until it is closed: the kernel drops
@@ -59,7 +70,7 @@ class GatheringSelector(selectors.EpollSelector):
         if self._by_io and window > 0 and (timeout is None or timeout > 0):
             now = time.monotonic()
             busy = now - self._woke  # the work since the last wake
-            if busy < window / 2:
+            if busy < window / 2 and now >= self._flowing_until:
                 ready = super().select(0)
                 if ready:
                     self._woke = now
@@ -87,6 +98,14 @@ def new_loop(window: float = DEFAULT_WINDOW_SECONDS) -> asyncio.AbstractEventLoo
     if wake is not None:
         selector.urgent(wake.fileno())
     return loop
+
+
+def flowing(loop: asyncio.AbstractEventLoop) -> None:
+    """A source of ``loop`` read ``FLOWING_BYTES`` or more at once (see
+    ``GatheringSelector.flowing``); nothing for another loop."""
+    selector = getattr(loop, "_selector", None)
+    if isinstance(selector, GatheringSelector):
+        selector.flowing()
 
 
 def urgent(loop: asyncio.AbstractEventLoop, fd: int) -> None:
