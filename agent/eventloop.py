@@ -12,8 +12,9 @@ it first sleeps until ``window`` after that wake (never past the loop's next tim
 polls. Whatever arrived meanwhile is handled in one wake. The loop so wakes for events at
 most about 1/``window`` times a second while quiet, and at most ``window`` late for an
 event. It polls as asyncio always does once the work of a wake takes half the window or
-more, or events are ready when it looks, or for a second after a source read a flood's
-worth of bytes at once (``flowing``: a busy loop is never held back), and after a
+more, or events are ready when it looks, or for a second after a flood's worth of bytes
+was read at once or handed to a socket to write (``flowing``: a busy loop is never held
+back), and after a
 wake that found no events: a loop woken by its timers (the files source's linger) gains
 nothing from a hold, which would cost a wake of its own.
 
@@ -50,9 +51,10 @@ class GatheringSelector(selectors.EpollSelector):
         self._flowing_until = 0.0  # no holds before this (``flowing``)
 
     def flowing(self) -> None:
-        """A source read a flood's worth at once (``FLOWING_BYTES``): the loop is not held
-        for ``FLOWING_SECONDS`` (a held loop would leave the engine blocked on full
-        sockets)."""
+        """A flood's worth of bytes (``FLOWING_BYTES``) was read at once, or handed to a
+        socket to write: the loop is not held for ``FLOWING_SECONDS`` (a held loop would
+        leave the engine blocked on full sockets, or a big ``/metrics`` page waiting for
+        each "writable")."""
         self._flowing_until = time.monotonic() + FLOWING_SECONDS
 
     def urgent(self, fd: int) -> None:
@@ -101,7 +103,7 @@ def new_loop(window: float = DEFAULT_WINDOW_SECONDS) -> asyncio.AbstractEventLoo
 
 
 def flowing(loop: asyncio.AbstractEventLoop) -> None:
-    """A source of ``loop`` read ``FLOWING_BYTES`` or more at once (see
+    """``FLOWING_BYTES`` or more read at once on ``loop``, or to be written (see
     ``GatheringSelector.flowing``); nothing for another loop."""
     selector = getattr(loop, "_selector", None)
     if isinstance(selector, GatheringSelector):
