@@ -14,9 +14,8 @@ most about 1/``window`` times a second while quiet, and at most ``window`` late 
 event. It polls as asyncio always does once the work of a wake takes half the window or
 more, or events are ready when it looks, or for a second after a flood's worth of bytes
 was read at once or handed to a socket to write (``flowing``: a busy loop is never held
-back), and after a
-wake that found no events: a loop woken by its timers (the files source's linger) gains
-nothing from a hold, which would cost a wake of its own.
+back), and after a wake that found no events: a loop woken by its timers (the files
+source's linger) gains nothing from a hold, which would cost a wake of its own.
 
 A hold ends at once for an *urgent* descriptor (``urgent``): the loop's own wake-up pipe
 (a thread's result, such as a ``/metrics`` page built in a thread, or a signal) and the
@@ -102,24 +101,27 @@ def new_loop(window: float = DEFAULT_WINDOW_SECONDS) -> asyncio.AbstractEventLoo
     return loop
 
 
-def flowing(loop: asyncio.AbstractEventLoop) -> None:
-    """``FLOWING_BYTES`` or more read at once on ``loop``, or to be written (see
-    ``GatheringSelector.flowing``); nothing for another loop."""
+def _gathering(loop: asyncio.AbstractEventLoop) -> GatheringSelector | None:
+    """``loop``'s ``GatheringSelector``; None for another kind of loop."""
     selector = getattr(loop, "_selector", None)
-    if isinstance(selector, GatheringSelector):
+    return selector if isinstance(selector, GatheringSelector) else None
+
+
+def flowing(nbytes: int) -> None:
+    """``nbytes`` were read at once on the running loop, or are to be written: from
+    ``FLOWING_BYTES`` on, a flood (see ``GatheringSelector.flowing``)."""
+    if nbytes >= FLOWING_BYTES and (selector := _gathering(asyncio.get_running_loop())):
         selector.flowing()
 
 
 def urgent(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     """Events on ``fd`` end the hold of ``loop``'s selector at once (see the module's
-    docstring); nothing for another loop."""
-    selector = getattr(loop, "_selector", None)
-    if isinstance(selector, GatheringSelector):
+    docstring)."""
+    if selector := _gathering(loop):
         selector.urgent(fd)
 
 
 def set_window(loop: asyncio.AbstractEventLoop, window: float) -> None:
-    """A new window for ``loop``'s selector (a reload); nothing for another loop."""
-    selector = getattr(loop, "_selector", None)
-    if isinstance(selector, GatheringSelector):
+    """A new window for ``loop``'s selector (a reload)."""
+    if selector := _gathering(loop):
         selector.window = window

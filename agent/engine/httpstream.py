@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 import orjson
 import structlog
 
-from agent.eventloop import FLOWING_BYTES, flowing
+from agent.eventloop import flowing
 from agent.speedups import speedups
 
 log = structlog.get_logger("agent.engine")
@@ -91,8 +91,7 @@ class _Receiver(asyncio.BufferedProtocol):
         return _recv_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        if nbytes >= FLOWING_BYTES:  # a flood: the loop must not gather its wake-ups
-            flowing(asyncio.get_running_loop())
+        flowing(nbytes)  # a flood: the loop must not gather its wake-ups
         self.data_received(_recv_buffer()[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:

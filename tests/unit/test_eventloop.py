@@ -8,7 +8,14 @@ import socket
 import threading
 import time
 
-from agent.eventloop import GatheringSelector, flowing, new_loop, set_window, urgent
+from agent.eventloop import (
+    FLOWING_BYTES,
+    GatheringSelector,
+    flowing,
+    new_loop,
+    set_window,
+    urgent,
+)
 
 
 def _wakes(window: float, events: int, gap: float, flood: bool = False) -> tuple[int, list[float]]:
@@ -36,8 +43,8 @@ def _wakes(window: float, events: int, gap: float, flood: bool = False) -> tuple
             wakes += 1
             now = time.monotonic()
             got = a.recv(4096)
-            if flood:  # as a source that read FLOWING_BYTES at once says
-                flowing(loop)
+            if flood:  # as a source that read a flood's worth at once says
+                flowing(FLOWING_BYTES)
             first = len(delays)
             delays.extend([now - sent[first + i] for i in range(len(got))])
             if len(delays) == events:

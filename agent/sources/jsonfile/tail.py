@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from agent.engine.client import EngineError, NotFound
-from agent.eventloop import FLOWING_BYTES, flowing
+from agent.eventloop import flowing
 from agent.positions import FileMark, Position
 from agent.record import Record
 from agent.sources.base import Emit, StreamEnd
@@ -204,8 +204,7 @@ class _Tail(FileChain):
 
     def _decode(self, f: _File, decoder: JsonFileDecoder, data: bytes, cut: int) -> list[Record]:
         """The records of the whole lines of a chunk (``data[:cut]``), read past."""
-        if cut >= FLOWING_BYTES:  # a flood: the loop must not gather its wake-ups
-            flowing(asyncio.get_running_loop())
+        flowing(cut)  # a flood: the loop must not gather its wake-ups
         records = decoder.feed_lines(data[:cut] if cut < len(data) else data)
         f.tail = data[max(0, cut - 64) : cut]
         f.seen = max(f.seen, f.offset + len(data))  # what a truncation could take
