@@ -67,17 +67,16 @@ def _read_kv(path: str) -> dict[bytes, int]:
 
 def read_host_cpu(proc: Path = Path("/proc")) -> tuple[int | None, int]:
     """The host's CPU time in ns (as the engine computes ``system_cpu_usage``) and CPUs."""
-    try:
-        lines = (proc / "stat").read_text().splitlines()
-    except OSError:
+    data = _read(f"{proc}/stat")
+    if data is None:
         return None, os.cpu_count() or 1
     total = None
     cpus = 0
-    for line in lines:
-        if line.startswith("cpu "):
+    for line in data.splitlines():
+        if line.startswith(b"cpu "):
             fields = [int(x) for x in line.split()[1:8]]
             total = sum(fields) * _NS // _CLK_TCK
-        elif line.startswith("cpu"):
+        elif line.startswith(b"cpu"):
             cpus += 1
     return total, cpus or (os.cpu_count() or 1)
 
