@@ -42,9 +42,12 @@ def _accepted(runner: ExporterRunner) -> tuple[dict[str, dict[str, Position]], d
     """``Pipeline.delivered`` when one durable exporter takes every container: what it
     accepted (each second, for every container: no loops over holders and streams)."""
     acked = runner.acked
-    out = {cid: {s: p for s, p in per.items() if s in _STREAMS} for cid, per in acked.items()}
-    marks = {cid: m for cid, m in runner.marks.items() if cid in acked}
-    return {cid: per for cid, per in out.items() if per}, marks
+    out = {
+        cid: kept
+        for cid, per in acked.items()
+        if (kept := {s: p for s, p in per.items() if s in _STREAMS})
+    }
+    return out, {cid: m for cid, m in runner.marks.items() if cid in acked}
 
 
 def _lowest_accepted(
