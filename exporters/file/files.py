@@ -113,14 +113,31 @@ class FileSet:
 
     def write_plain(self, data: bytes) -> None:
         with self.lock:
-            try:
-                of = self.get(self.config.path)
-                append_whole(of.file.fileno(), data, self.config.fsync)
-                of.size += len(data)
-                self.error = ""
-            except OSError as exc:
-                self.failed(self.config.path, exc)
-                raise
+            self._append(self.config.path, data, self.config.fsync)
+
+    def write_plain_now(self, data: bytes) -> bool:
+        """``write_plain`` without fsync, for the event loop: only when the file is open
+        already and no other thread holds the lock (it never waits for either); False,
+        nothing written, otherwise."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            if self.config.path not in self._files:
+                return False  # (re)opening makes a directory, may cut a failed write
+            self._append(self.config.path, data, False)
+            return True
+        finally:
+            self.lock.release()
+
+    def _append(self, path: str, data: bytes, fsync: bool) -> None:
+        try:
+            of = self.get(path)
+            append_whole(of.file.fileno(), data, fsync)
+            of.size += len(data)
+            self.error = ""
+        except OSError as exc:
+            self.failed(path, exc)
+            raise
 
     def write_groups(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 import time
 import types
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from agent.config import parse
 from agent.positions import Position, advance
@@ -451,3 +453,83 @@ async def test_a_new_instance_on_a_running_agent_skips_nothing(tmp_path: Path) -
     exp = await run({"path": str(path)}, [records[65:]], state_with(checkpoint(records[:80])))
     assert lines_of(path) == [r.json() for r in records]
     assert exp.duplicates_skipped == 0
+
+
+def writer_threads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Records, per append to an output file, whether it ran on the calling (loop) thread."""
+    from exporters.file import files as file_files
+
+    loop_thread = threading.get_ident()
+    on_loop: list[bool] = []
+    real = file_files.append_whole
+
+    def recording(fd: int, data: bytes, fsync: bool = False) -> None:
+        on_loop.append(threading.get_ident() == loop_thread)
+        real(fd, data, fsync)
+
+    monkeypatch.setattr(file_files, "append_whole", recording)
+    return on_loop
+
+
+async def test_small_batches_are_written_on_the_loop_large_ones_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_loop = writer_threads(monkeypatch)
+    path = tmp_path / "records.ndjson"
+    exp = await exporter(path=str(path))
+    await exp.send(recs(0, 10))  # ~2 KiB: one write, on the loop
+    await exp.send(recs(10, 1000))  # ~200 KiB: the thread
+    await exp.send(recs(1010, 10))
+    await exp.close()
+    assert on_loop == [True, False, True]
+    assert numbers(read_ndjson(path)) == list(range(1020))
+    assert exp.slow_loop_writes == 0
+
+    on_loop.clear()
+    synced = await exporter(path=str(tmp_path / "synced.ndjson"), fsync=True)
+    await synced.send(recs(0, 10))  # an fsync may take long: never on the loop
+    await synced.close()
+    assert on_loop == [False]
+
+
+async def test_a_slow_loop_write_sends_writes_to_the_thread_for_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_loop = writer_threads(monkeypatch)
+    monkeypatch.setattr(file_exporter, "LOOP_WRITE_SLOW_SECONDS", -1.0)  # every write "slow"
+    path = tmp_path / "records.ndjson"
+    exp = await exporter(path=str(path))
+    with capture_logs() as logs:
+        await exp.send(recs(0, 10))
+        await exp.send(recs(10, 10))
+        await exp.send(recs(20, 10))
+    assert on_loop == [True, False, False]
+    assert exp.slow_loop_writes == 1
+    assert [e["event"] for e in logs if e["event"] == "file_write_slow"] == ["file_write_slow"]
+    exp._threads_until = 0.0  # the pause is over
+    await exp.send(recs(30, 10))
+    await exp.close()
+    assert on_loop == [True, False, False, True]
+    assert numbers(read_ndjson(path)) == list(range(40))
+
+
+async def test_a_busy_lock_or_a_closed_file_sends_the_write_to_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop never waits for the lock (a flush or close in a thread holds it) and never
+    (re)opens the file: the thread does, and the batch still lands whole, in order."""
+    on_loop = writer_threads(monkeypatch)
+    path = tmp_path / "records.ndjson"
+    exp = await exporter(path=str(path))
+    exp.files.lock.acquire()
+    sending = asyncio.ensure_future(exp.send(recs(0, 10)))
+    await asyncio.sleep(0.05)
+    assert not sending.done()  # the thread waits for the lock; the loop did not
+    exp.files.lock.release()
+    await sending
+    exp.files.failed(str(path), OSError(5, "EIO"))  # closes the file: the next write reopens
+    await exp.send(recs(10, 10))
+    await exp.send(recs(20, 10))
+    await exp.close()
+    assert on_loop == [False, False, True]
+    assert numbers(read_ndjson(path)) == list(range(30))
