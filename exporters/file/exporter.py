@@ -85,7 +85,7 @@ _container_id = operator.attrgetter("meta.id")
 # A batch of up to this many bytes (one ``os.write``), without fsync, is written on the
 # event loop: a page-cache append of a few KiB takes tens of µs, a hop to a thread wakes
 # the worker and then each thread waits for the other's GIL (~65 µs of CPU a wake on the
-# VMs measured): at 100 containers x 1 line/s, 1.30 → 1.20 % of a core (docs/benchmarks.md).
+# VMs measured): at 100 containers x 1 line/s, 1.20 → 1.10 % of a core (docs/benchmarks.md).
 # A loop write that takes longer than LOOP_WRITE_SLOW_SECONDS (a disk under writeback
 # pressure) sends every write to the thread for LOOP_WRITE_PAUSE_SECONDS.
 LOOP_WRITE_BYTES = WRITE_SLICE
