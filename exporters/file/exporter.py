@@ -195,11 +195,7 @@ class FileExporter(Exporter):
         thread, unless it is one small write without fsync (a quiet host's batch) and no
         loop write was slow lately: that one is made right here, which spares the two
         threads' wake-ups of a hop (see ``LOOP_WRITE_BYTES``)."""
-        if (
-            len(data) <= LOOP_WRITE_BYTES
-            and not self.config.fsync
-            and time.monotonic() >= self._threads_until
-        ):
+        if len(data) <= LOOP_WRITE_BYTES and time.monotonic() >= self._threads_until:
             t0 = time.perf_counter()
             try:
                 if self.files.write_plain_now(data):

@@ -116,10 +116,10 @@ class FileSet:
             self._append(self.config.path, data, self.config.fsync)
 
     def write_plain_now(self, data: bytes) -> bool:
-        """``write_plain`` without fsync, for the event loop: only when the file is open
-        already and no other thread holds the lock (it never waits for either); False,
-        nothing written, otherwise."""
-        if not self.lock.acquire(blocking=False):
+        """``write_plain`` for the event loop: only without fsync, when the file is open
+        already and no other thread holds the lock (it never waits for any of them);
+        False, nothing written, otherwise."""
+        if self.config.fsync or not self.lock.acquire(blocking=False):
             return False
         try:
             if self.config.path not in self._files:
