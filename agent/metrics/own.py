@@ -22,7 +22,8 @@ def _number(value: Any) -> float | None:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-# The counters some exporters keep themselves (the http exporter retries inside send):
+# The counters some exporters keep themselves (the http exporter retries inside send, the
+# file exporter rotates and skips what an earlier run wrote):
 # attribute, metric name, help.
 OWN_COUNTERS = (
     (
@@ -47,6 +48,23 @@ OWN_COUNTERS = (
         "container_agent_exporter_sent_bytes",
         "Request body bytes the backend answered with a 2xx (compressed size when "
         "compression is on).",
+    ),
+    (
+        "rotations",
+        "container_agent_exporter_file_rotations",
+        "Times the file exporter rotated an output file (size or age).",
+    ),
+    (
+        "duplicates_skipped",
+        "container_agent_exporter_duplicates_skipped_records",
+        "Records the file exporter did not write again after a restart because an earlier "
+        "run had already written them (read back from the file's tail).",
+    ),
+    (
+        "slow_loop_writes",
+        "container_agent_exporter_slow_loop_writes",
+        "Small writes the file exporter made on the event loop that were slow (each logs "
+        "file_write_slow and sends its writes to a thread for a while).",
     ),
 )
 

@@ -237,6 +237,27 @@ async def test_records_refused_for_good_are_not_counted_as_exported() -> None:
     assert value["container_agent_exporter_requests_total"] == [4]
 
 
+async def test_the_file_exporters_own_counters_are_exported(tmp_path: Any) -> None:
+    from exporters.file import FileConfig, FileExporter
+
+    cfg = FileConfig(type="file", path=str(tmp_path / "out.ndjson"), rotate={"max_bytes": 1024})
+    exporter = FileExporter("file", cfg)
+    await exporter.start()
+    runner = _runner("file", exporter)
+    for i in range(20):
+        await runner._send(_logs(*(f"line {i}.{k} " + "x" * 40 for k in range(5))))
+    await exporter.close()
+    assert exporter.rotations > 0
+
+    state = _State(Inventory(), [runner])
+    got = parsed(render(agent_families(AgentCollector(state).snapshot())))  # type: ignore[arg-type]
+    value = {name: [s.value for s in series] for name, series in got.items()}
+    assert value["container_agent_exporter_file_rotations_total"] == [exporter.rotations]
+    assert value["container_agent_exporter_duplicates_skipped_records_total"] == [0]
+    assert value["container_agent_exporter_slow_loop_writes_total"] == [0]
+    assert "container_agent_exporter_requests_total" not in value  # the http exporter's
+
+
 async def test_an_exporter_without_its_own_counters_counts_every_record_exported() -> None:
     class Plain:
         name = "file"
