@@ -88,7 +88,7 @@ class LogsConfig(Section):
         "agent sees it, e.g. a read-only host mount.",
     )
     files_linger_seconds: float = Field(
-        0.1,
+        0.25,  # inotify.WAKE_LINGER_SECONDS (not imported: API mode does not load it)
         ge=0,
         le=5,
         description="json-file source: after the files' change notices are read, the next "

@@ -48,8 +48,11 @@ Handler = Callable[[int, str], None]
 # ``logs.files_linger_seconds``): after reading its descriptor, the loop leaves it this
 # long, so that the modifications of every file written meanwhile are read together (a
 # host of many quiet containers otherwise pays a wake-up per line). Rotations and closes
-# (the watcher thread) are handled at once.
-WAKE_LINGER_SECONDS = 0.1
+# (the watcher thread) are handled at once. 0.25 s, not 0.1: at 100 containers x 1 line/s
+# 4 loop wakes a second instead of 10, 1.20 -> 0.90 % of a core (medians of 4 alternating
+# runs, docs/benchmarks.md "Session 10"), for ~75 ms more delay on average; Fluent Bit's
+# own flush is 1 s.
+WAKE_LINGER_SECONDS = 0.25
 # Readers waiting longer than this for their file (an idle container: until its next
 # liveness look, up to minutes) are woken at their deadline by the watcher thread, which
 # looks this often, rather than by a timer each on the loop: the timers of hundreds of
