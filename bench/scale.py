@@ -26,8 +26,10 @@ RSS, peak RSS, open descriptors and threads at the end, the p50/p99/max delivery
 of the lines it wrote in the window (the engine's stamp of each line to the moment the
 line appeared in its output file: a thread here follows that file with inotify and stamps
 each new line with ``time.time()``), the lines delivered per second against those offered
-(N x R), and, for the agent, ``/metrics`` scraped as Prometheus would, every
-``--scale-scrape-interval`` s (15; their cost is in the window's CPU). After the window,
+(N x R) (and, once the reader has stopped, its whole output checked: the numbered lines
+missing inside each container's range, and those written twice), and, for the agent,
+``/metrics`` scraped as Prometheus would, every ``--scale-scrape-interval`` s (15; their
+cost is in the window's CPU). After the window,
 ``--scale-scrapes`` more scrapes, 3 s apart (every row stale again), each asked for gzip
 (as Prometheus asks) and then for identity: their time (curl's, when installed: this
 process's own loop, following every output file, must not delay the answer it times), the
@@ -72,6 +74,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -272,6 +275,35 @@ def parse_fluentbit(line: bytes) -> tuple[str, str] | None:
     if not isinstance(name, str) or not isinstance(ts, str):
         return None
     return os.path.basename(os.path.dirname(name)), ts
+
+
+_SEQUENCE = re.compile(r" line (\d+)\n?$")
+
+
+def sequence_check(path: Path, kind: str) -> dict[str, int]:
+    """What the window's count of lines written cannot tell: the numbered lines missing
+    inside each container's range in a reader's whole output (it starts at *now*, so the
+    lines before its first are not missing, nor those after its stop), and the lines it
+    wrote more than once. Read after the reader stopped, outside the measured figures."""
+    key, text = ("filename", "log") if kind == "fluent-bit" else ("container_id", "message")
+    seen: dict[str, list[int]] = {}
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        for line in f:
+            try:
+                d = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            cid, message = d.get(key), d.get(text)
+            if isinstance(cid, str) and isinstance(message, str):
+                m = _SEQUENCE.search(message)
+                if m:
+                    seen.setdefault(cid, []).append(int(m.group(1)))
+    missing = twice = 0
+    for numbers in seen.values():
+        distinct = set(numbers)
+        twice += len(numbers) - len(distinct)
+        missing += max(distinct) - min(distinct) + 1 - len(distinct)
+    return {"seq_missing": missing, "seq_twice": twice}
 
 
 class OutputWatch:
@@ -800,6 +832,7 @@ async def reader_phase(
         finally:
             watch.stop()
     result["warnings"] = reader.warnings()
+    result.update(sequence_check(reader.output, kind))
     if kind in ("files", "api"):
         followed = reader.followed(idset)
         result["followed"] = len(followed)
@@ -1157,6 +1190,8 @@ ROWS = (
     ("p99_ms", "latency p99 ms"),
     ("max_ms", "latency max ms"),
     ("lines_per_s", "lines/s delivered"),
+    ("seq_missing", "numbered lines missing (whole run)"),
+    ("seq_twice", "numbered lines written twice"),
     ("scrape_ms", "/metrics ms (median; gzip asked)"),
     ("scrape_wire_kb", "/metrics KB on the wire"),
     ("scrape_identity_ms", "/metrics ms (median; identity)"),
