@@ -23,6 +23,14 @@ def test_defaults() -> None:
     assert cfg.exporters["records"].when_full == "block"
 
 
+def test_files_linger_default_is_the_sources_own() -> None:
+    """The declaration repeats the files source's default rather than importing it (an
+    agent reading the API does not load that module): the two must not drift apart."""
+    from agent.sources.jsonfile.inotify import WAKE_LINGER_SECONDS
+
+    assert parse({}).logs.files_linger_seconds == WAKE_LINGER_SECONDS
+
+
 def test_engine_host_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
     assert parse({}).engine.host == "tcp://127.0.0.1:2375"
