@@ -280,12 +280,12 @@ def parse_fluentbit(line: bytes) -> tuple[str, str] | None:
 _SEQUENCE = re.compile(r" line (\d+)\n?$")
 
 
-def sequence_check(path: Path, kind: str) -> dict[str, int]:
+def sequence_check(path: Path, key: str, text: str) -> dict[str, int]:
     """What the window's count of lines written cannot tell: the numbered lines missing
     inside each container's range in a reader's whole output (it starts at *now*, so the
     lines before its first are not missing, nor those after its stop), and the lines it
-    wrote more than once. Read after the reader stopped, outside the measured figures."""
-    key, text = ("filename", "log") if kind == "fluent-bit" else ("container_id", "message")
+    wrote more than once; ``key`` and ``text``: its records' container and line fields.
+    Read after the reader stopped, outside the measured figures."""
     seen: dict[str, list[int]] = {}
     with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
         for line in f:
@@ -595,9 +595,11 @@ class Reader:
             )
             self.output = self.fb.output_path
             self.parse = parse_fluentbit
+            self.fields = ("filename", "log")  # a record's container and line
         else:
             self.output = workdir / "out" / "records.ndjson"
             self.parse = parse_agent
+            self.fields = ("container_id", "message")
 
     @property
     def pid(self) -> int:
@@ -832,7 +834,7 @@ async def reader_phase(
         finally:
             watch.stop()
     result["warnings"] = reader.warnings()
-    result.update(sequence_check(reader.output, kind))
+    result.update(sequence_check(reader.output, *reader.fields))
     if kind in ("files", "api"):
         followed = reader.followed(idset)
         result["followed"] = len(followed)
