@@ -34,7 +34,14 @@ from agent.record import Record
 from exporters.base import Exporter, Health, register
 from exporters.prometheus import views
 from exporters.prometheus.config import PrometheusConfig
-from exporters.prometheus.exposition import SWITCH, Snapshot, gzip_body, render, wants_gzip
+from exporters.prometheus.exposition import (
+    SWITCH,
+    Body,
+    Snapshot,
+    gzip_body,
+    render,
+    wants_gzip,
+)
 from exporters.prometheus.listener import Listener, Throttled, server_logger
 
 if TYPE_CHECKING:
@@ -74,7 +81,7 @@ class PrometheusExporter(Exporter):
         self.listener: Listener | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock: asyncio.Lock | None = None
-        self._pending: dict[bool, asyncio.Future[bytes]] = {}  # per format: not yet copied
+        self._pending: dict[bool, asyncio.Future[Body]] = {}  # per format: not yet copied
         self._builds: set[asyncio.Task[None]] = set()
         self._last_end = 0.0
         self.last_build_seconds = 0.0
@@ -146,6 +153,8 @@ class PrometheusExporter(Exporter):
         from prometheus_client import exposition as text_format
         from prometheus_client.openmetrics import exposition as om_format
 
+        from exporters.prometheus.payload import BodyPayload
+
         self.scrapes += 1
         openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
         body = await self.exposition(openmetrics)
@@ -160,10 +169,10 @@ class PrometheusExporter(Exporter):
             headers["Content-Encoding"] = "gzip"
         # A big page is written as the socket takes it: each "writable" must not wait for a
         # gathered wake-up (agent/eventloop.py; a 7 MB page took 40 ms more).
-        flowing(len(body))
-        return Response(body=body, headers=headers)
+        flowing(body.size)
+        return Response(body=BodyPayload(body, ctype), headers=headers)
 
-    async def _gzipped(self, body: bytes) -> bytes:
+    async def _gzipped(self, body: Body) -> Body:
         """``body`` gzipped in the build thread, once for all the scrapes it answers that
         wait for it together (then it is let go)."""
         last = self._gzip
@@ -178,7 +187,7 @@ class PrometheusExporter(Exporter):
             if not last.waiting and self._gzip is last:
                 self._gzip = None
 
-    async def exposition(self, openmetrics: bool = False) -> bytes:
+    async def exposition(self, openmetrics: bool = False) -> Body:
         """The /metrics body, from a copy of the state taken after this call began."""
         pending = self._pending.get(openmetrics)
         if pending is None:
@@ -189,7 +198,7 @@ class PrometheusExporter(Exporter):
             task.add_done_callback(self._builds.discard)
         return await asyncio.shield(pending)
 
-    async def _build(self, openmetrics: bool, done: asyncio.Future[bytes]) -> None:
+    async def _build(self, openmetrics: bool, done: asyncio.Future[Body]) -> None:
         assert self._lock is not None
         try:
             async with self._lock:  # one build at a time
@@ -219,7 +228,7 @@ class PrometheusExporter(Exporter):
             if not isinstance(exc, Exception):
                 raise
 
-    def _render(self, snap: Snapshot, openmetrics: bool) -> bytes:
+    def _render(self, snap: Snapshot, openmetrics: bool) -> Body:
         """In the build thread (one build at a time: the cache is its alone)."""
         return render(snap, openmetrics, self._process, self._text_cache)
 
@@ -294,7 +303,7 @@ class PrometheusExporter(Exporter):
 class _Gzip:
     """A body and its gzip under way, for the scrapes waiting for it."""
 
-    def __init__(self, body: bytes, future: asyncio.Future[bytes]) -> None:
+    def __init__(self, body: Body, future: asyncio.Future[Body]) -> None:
         self.body = body
         self.future = future
         self.waiting = 0
@@ -308,7 +317,7 @@ def _starting() -> Response:
     )
 
 
-def _retrieved(future: asyncio.Future[bytes]) -> None:
+def _retrieved(future: asyncio.Future[Body]) -> None:
     """A failed build with no scraper left to see it is not "never retrieved"."""
     if not future.cancelled():
         future.exception()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,45 @@ if TYPE_CHECKING:
 # system calls until the builder gives it up: up to the switch interval (5 ms by default),
 # so every read and write of the loop would wait that long. Builds run with a shorter one.
 BUILD_SWITCH_SECONDS = 0.0005
+
+# An answer is kept and sent in pieces of about this size, never as one block. A 7 MB block
+# (1,000 containers) was copied twice more on its way out (aiohttp joined the head to it;
+# the transport kept what the socket did not take at once), and after such blocks the
+# process kept more resident (likely glibc's mmap threshold, which rises to the size of a
+# freed block): a faked agent of 1,000 containers kept 80 MB after six plain scrapes
+# (75 gzipped), against 67 MB in pieces (docs/benchmarks.md, session 12).
+CHUNK_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A /metrics answer (or its gzip) in pieces of about ``CHUNK_BYTES``."""
+
+    chunks: tuple[bytes, ...]
+    size: int
+
+    def join(self) -> bytes:
+        """The answer as one block (for tests and tools; the exporter sends the pieces)."""
+        return b"".join(self.chunks)
+
+
+def pieces(parts: Iterable[bytes], size: int = CHUNK_BYTES) -> Body:
+    """``parts`` (small: a container's lines of a family) joined into pieces of at least
+    ``size`` bytes (the last may be shorter), in order."""
+    chunks: list[bytes] = []
+    piece: list[bytes] = []
+    n = total = 0
+    for part in parts:
+        piece.append(part)
+        n += len(part)
+        if n >= size:
+            chunks.append(b"".join(piece))
+            total += n
+            piece, n = [], 0
+    if n:
+        chunks.append(b"".join(piece))
+        total += n
+    return Body(tuple(chunks), total)
 
 
 # -- the scrape --------------------------------------------------------------------------------
@@ -155,9 +194,7 @@ class _SwitchInterval:
 SWITCH = _SwitchInterval()
 
 
-def render(
-    snap: Snapshot, openmetrics: bool, process: Any, cache: TextCache | None = None
-) -> bytes:
+def render(snap: Snapshot, openmetrics: bool, process: Any, cache: TextCache | None = None) -> Body:
     """The exposition of a snapshot: runs in the exporter's build thread. The
     per-container families, nearly all of the answer, are written by
     ``agent.metrics.text`` (reusing ``cache``'s lines of the previous build where their
@@ -172,7 +209,7 @@ def render(
     metrics = [*agent_families(snap.agent), *_listener_families(snap), *process.collect()]
     fmt = om_format if openmetrics else text_format
     parts.append(bytes(fmt.generate_latest(_Families(metrics))))
-    return b"".join(parts)  # one copy of the answer's ~7 KB a container
+    return pieces(parts)  # one copy of the answer's ~7 KB a container
 
 
 # -- gzip ---------------------------------------------------------------------------------------
@@ -194,11 +231,12 @@ def wants_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def gzip_body(body: bytes) -> bytes:
-    """``body`` as one gzip member, at the fastest level: ISA-L's deflate when installed
-    (``isal``: ~4 ms for 7 MB of /metrics, 7x smaller), else zlib's (~5x slower). In the
-    build thread. Imported at the first gzipped answer: ISA-L's modules are ~0.4 MB of
-    resident memory that an exporter without ``compression: gzip`` never needs."""
-    from exporters._compress import gzip_bytes
+def gzip_body(body: Body) -> Body:
+    """``body`` as one gzip member, at the fastest level, compressed piece by piece: ISA-L's
+    deflate when installed (``isal``: ~4 ms for 7 MB of /metrics, 7x smaller), else zlib's
+    (~5x slower). In the build thread. Imported at the first gzipped answer: ISA-L's
+    modules are ~0.4 MB of resident memory that an exporter without ``compression: gzip``
+    never needs."""
+    from exporters._compress import gzip_stream
 
-    return gzip_bytes(body, 1)
+    return pieces(gzip_stream(body.chunks, 1))

@@ -250,10 +250,10 @@ def test_the_prometheus_exporter_imports_gzip_only_for_a_gzipped_answer() -> Non
         PROMETHEUS_STARTED.format(while_started="pass")
         + """
         import gzip
-        from exporters.prometheus.exposition import gzip_body
+        from exporters.prometheus.exposition import gzip_body, pieces
         print("exporters._compress" in sys.modules, "isal" in sys.modules)
         body = b"up 1\\n" * 1000
-        assert gzip.decompress(gzip_body(body)) == body
+        assert gzip.decompress(gzip_body(pieces([body])).join()) == body
         print("exporters._compress" in sys.modules)
         """
     )
