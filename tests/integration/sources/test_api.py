@@ -13,7 +13,7 @@ import pytest
 from agent.engine.client import Engine
 from agent.positions import Position, advance
 from agent.record import ContainerMeta, Record
-from agent.sources.api.source import RESUME_TAIL, ApiLogSource
+from agent.sources.api.source import FIRST_TAIL, RESUME_TAIL, ApiLogSource
 from tests.integration.conftest import IMAGE
 
 COMPOSE = {"com.docker.compose.project": "shop", "com.docker.compose.service": "web"}
@@ -198,9 +198,10 @@ async def test_reads_from_positions_take_the_log_tail_or_fall_back_to_since(
     engine_host: str, containers
 ) -> None:
     """A read from delivered positions (exit re-read, reconnect, agent restart) asks for
-    the log's last RESUME_TAIL lines and takes them when they reach back to the last line
-    delivered (json-file answers ``since`` by decoding the whole log), else asks with
-    ``since`` as before. Positions are set behind here, as if a stream had ended early."""
+    the log's last FIRST_TAIL lines, then its last RESUME_TAIL, and takes the first that
+    reaches back to the last line delivered (json-file answers ``since`` by decoding the
+    whole log), else asks with ``since`` as before. Positions are set behind here, as if a
+    stream had ended early."""
     n = 3000
     cid = await containers.run(
         f'i=0; while [ $i -lt {n} ]; do echo "out $i"; '
@@ -242,11 +243,13 @@ async def test_reads_from_positions_take_the_log_tail_or_fall_back_to_since(
             asked = ["tail" if kw["tail"] else "since" for kw in requests]
             return asked, [r.message for r in got]
 
-        near = len(everything) - RESUME_TAIL // 2  # within the last lines: the tail is enough
-        assert await read_from(near) == (["tail"], messages[near:])
+        nearest = len(everything) - FIRST_TAIL // 2  # the first, short tail is enough
+        assert await read_from(nearest) == (["tail"], messages[nearest:])
         assert await read_from(len(everything)) == (["tail"], [])  # nothing was missing
+        near = len(everything) - RESUME_TAIL // 2  # within the last lines: the second tail
+        assert await read_from(near) == (["tail", "tail"], messages[near:])
         far = len(everything) - 2 * RESUME_TAIL  # further back: since, after all
-        assert await read_from(far) == (["tail", "since"], messages[far:])
+        assert await read_from(far) == (["tail", "tail", "since"], messages[far:])
     finally:
         await engine.close()
 

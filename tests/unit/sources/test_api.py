@@ -174,21 +174,22 @@ class _FakeEngine:
         return {"State": {"Running": False}}
 
 
-@pytest.mark.parametrize("tail", [1000, 50])
+@pytest.mark.parametrize(("missing", "tail"), [(10, 1000), (80, 1000), (80, 50)])
 async def test_api_source_rereads_when_the_followed_stream_ends_early(
-    tail: int, monkeypatch: pytest.MonkeyPatch
+    missing: int, tail: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The re-read at exit takes the log's last lines when they reach back to what was
-    delivered (80 lines missing, 1000 read back), else everything since the position."""
+    """The re-read at exit takes the log's last FIRST_TAIL lines when they reach back to
+    what was delivered, else its last RESUME_TAIL lines when they do, else everything
+    since the position."""
     from agent.sources.api import source as logs
-    from agent.sources.api.source import ApiLogSource
+    from agent.sources.api.source import FIRST_TAIL, ApiLogSource
     from agent.sources.base import StreamEnd
 
     monkeypatch.setattr(logs, "RESUME_TAIL", tail)
     lines = [
         frame(1 + i % 2, f"2026-01-01T00:00:00.{i:09d}Z line {i}\n".encode()) for i in range(200)
     ]
-    engine = _FakeEngine(lines, 120)  # the follow stream stops after 120 lines
+    engine = _FakeEngine(lines, 200 - missing)  # the follow stream stops early
     source = ApiLogSource(engine, 1 << 20)  # type: ignore[arg-type]
     got: list = []
     positions: dict[str, Position] = {}
@@ -205,12 +206,16 @@ async def test_api_source_rereads_when_the_followed_stream_ends_early(
     assert end is StreamEnd.STOPPED
     assert [r.message for r in got] == [f"line {i}" for i in range(200)]
     assert engine.calls[0] == (None, True, None)
-    assert engine.calls[1] == (None, False, tail)
-    if tail == 50:  # lines 150..199 do not reach back to line 119: from the position
-        assert len(engine.calls) == 3
-        assert engine.calls[2][0] is not None and engine.calls[2][1:] == (False, None)
-    else:
+    assert engine.calls[1] == (None, False, FIRST_TAIL)
+    if missing < FIRST_TAIL:  # the last 20 lines reach back to line 189: enough
         assert len(engine.calls) == 2
+    elif tail == 50:  # lines 150..199 do not reach back to line 119: from the position
+        assert engine.calls[2] == (None, False, tail)
+        assert len(engine.calls) == 4
+        assert engine.calls[3][0] is not None and engine.calls[3][1:] == (False, None)
+    else:
+        assert engine.calls[2] == (None, False, tail)
+        assert len(engine.calls) == 3
 
 
 def _stamp(i: int) -> bytes:
