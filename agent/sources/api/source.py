@@ -95,7 +95,7 @@ class ApiLogSource(LogSource):
             cid,
             since=timestamp_to_unix(since) if since else None,
             follow=follow,
-            tail=tail if positions is not None else None,
+            tail=tail,
         ) as stream:
             parts = await stream.read_parts()
             if positions is not None:

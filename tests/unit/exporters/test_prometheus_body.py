@@ -53,7 +53,13 @@ def test_gzip_in_pieces_is_one_member_of_the_whole() -> None:
 async def serve() -> AsyncIterator[Callable[[Body], Any]]:
     """An aiohttp server on 127.0.0.1 answering ``/`` with the body given; yields a
     function that sets the body and returns (port, the buffer sizes seen)."""
-    state: dict[str, Any] = {"body": Body((), 0), "seen": []}
+    state: dict[str, Any] = {
+        "body": Body((), 0),
+        "headers": {},
+        "small_sndbuf": False,
+        "seen": [],
+        "watchers": [],
+    }
 
     async def handler(request: web.Request) -> web.StreamResponse:
         transport = request.transport
@@ -71,9 +77,6 @@ async def serve() -> AsyncIterator[Callable[[Body], Any]]:
         body = state["body"]
         return web.Response(body=BodyPayload(body, "text/plain"), headers=state["headers"])
 
-    state["watchers"] = []
-    state["small_sndbuf"] = False
-    state["headers"] = {}
     app = web.Application()
     app.router.add_route("*", "/", handler)
     runner = web.AppRunner(app)
