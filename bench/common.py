@@ -562,22 +562,36 @@ def agent_command() -> list[str]:
 
 
 class RecordTail:
-    """Follows the agent's NDJSON output file: counts log records, keeps event records.
+    """Follows a reader's output file: counts its records, keeps the agent's event records.
 
-    Cheap enough to poll every few milliseconds: it reads only what was appended, counts
-    ``{"kind":"log"`` at line starts with ``bytes.count`` and parses only event lines.
+    It reads only what was appended, counts lines that begin with ``prefix`` (the agent's
+    log records; None: every line) with ``bytes.count`` and parses only event lines. Still,
+    reading and scanning a flood's output costs about 0.9 CPU s per million records, which
+    a timed part should not take from the machine the reader shares: there
+    ``watch_output`` watches with ``written()`` and counts when the writes pause.
     """
 
     LOG = b'{"kind":"log"'
     EVENT = b'{"kind":"event"'
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, prefix: bytes | None = LOG) -> None:
         self.path = path
+        self.prefix = prefix
         self._file: Any = None
         self._rest = b""
         self.logs = 0
         self.events: list[dict[str, Any]] = []
         self.size = 0
+        self.logs_end = 0  # the file offset just after the last record counted
+
+    def written(self) -> tuple[int, float]:
+        """The file's size and the time (``time.time()``'s clock) of its last write, read
+        without reading the file."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return 0, 0.0
+        return st.st_size, st.st_mtime_ns / 1e9
 
     def poll(self) -> int:
         if self._file is None:
@@ -592,13 +606,21 @@ class RecordTail:
         buf = self._rest + data if self._rest else data
         cut = buf.rfind(b"\n") + 1
         self._rest = buf[cut:]
-        if cut:
-            self.logs += buf.count(b"\n" + self.LOG, 0, cut) + buf.startswith(self.LOG)
-            pos = buf.find(self.EVENT, 0, cut)
-            while pos >= 0:
-                end = buf.index(b"\n", pos)
-                self.events.append(orjson.loads(buf[pos:end]))
-                pos = buf.find(self.EVENT, end, cut)
+        if not cut:
+            return self.logs
+        start = self.size - len(buf)  # the file offset of buf[0], a line's start
+        if self.prefix is None:
+            self.logs += buf.count(b"\n", 0, cut)
+            self.logs_end = start + cut
+        elif logs := buf.count(b"\n" + self.prefix, 0, cut) + buf.startswith(self.prefix):
+            self.logs += logs
+            last = buf.rfind(b"\n" + self.prefix, 0, cut) + 1  # 0: the first line
+            self.logs_end = start + buf.index(b"\n", last) + 1
+        pos = buf.find(self.EVENT, 0, cut)
+        while pos >= 0:
+            end = buf.index(b"\n", pos)
+            self.events.append(orjson.loads(buf[pos:end]))
+            pos = buf.find(self.EVENT, end, cut)
         return self.logs
 
     def event_ids(self, action: str) -> set[str]:
@@ -608,6 +630,59 @@ class RecordTail:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+# How an output is watched while a reader writes it (``watch_output``): a stat per POLL_S
+# (a 10 ms poll cost the bench 0.4 CPU s per 12 s run on this kind of machine), and its
+# records counted once the writes pause for QUIET_S: twice the file exporter's linger
+# (0.25 s), which spaces the agent's writes as a flood ends.
+POLL_S = 0.05
+QUIET_S = 0.5
+
+
+async def watch_output(
+    tail: RecordTail,
+    expected: int,
+    paused: Callable[[], None],
+    give_up: Callable[[float], str | None],
+    alive: Callable[[], None],
+) -> float | None:
+    """Waits until ``tail``'s file holds ``expected`` records, or ``give_up(seconds since
+    the last write)`` gives a reason (logged). Until then the file is only stat'ed: its
+    records are read and counted (``tail.poll``) when the writes pause, just after
+    ``paused()`` (which takes the CPU figures, so that they leave the count out).
+
+    Returns when the last record counted was written (``time.time()``'s clock; None: no
+    record): the time of the last write seen when the file first held it, exact unless
+    another write followed it within POLL_S.
+    """
+    arrivals: list[tuple[float, int]] = []  # (the last write's time, the size) per change
+    last_size, last_change, counted = 0, time.monotonic(), 0
+    while True:
+        now = time.monotonic()
+        size, mtime = tail.written()
+        if size != last_size:
+            arrivals.append((mtime, size))
+            last_size, last_change = size, now
+        elif now - last_change >= QUIET_S and counted != size:
+            paused()
+            tail.poll()
+            counted = size
+            if tail.size != size:  # written after the stat, before the read: no pause
+                size, mtime = tail.written()
+                arrivals.append((mtime, size))
+                last_size, last_change, counted = size, now, -1
+            elif tail.logs >= expected:
+                break
+        why = give_up(now - last_change)
+        if why:
+            log(f"{why} at {tail.logs:,}/{expected:,} records")
+            paused()
+            tail.poll()
+            break
+        alive()
+        await asyncio.sleep(POLL_S)
+    return next((t for t, n in arrivals if n >= tail.logs_end and tail.logs), None)
 
 
 def file_tail(path: Path, lines: int = 20) -> str:

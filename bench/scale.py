@@ -100,6 +100,7 @@ from bench.common import (
     BenchEngine,
     CpuMeter,
     OthersMeter,
+    RecordTail,
     add_quiet_argument,
     add_retries_argument,
     agent_command,
@@ -117,6 +118,7 @@ from bench.common import (
     table,
     thread_cpu_seconds,
     wait_quiet,
+    watch_output,
     write_json,
 )
 
@@ -1365,41 +1367,6 @@ def profile_text(phase: str, prof: dict[str, Any]) -> str:
 # -- bulk -------------------------------------------------------------------------------
 
 
-class LineCounter:
-    """Counts the lines appended to a file (polled from the loop)."""
-
-    def __init__(self, path: Path, prefix: bytes | None) -> None:
-        self.path = path
-        self.prefix = prefix
-        self.count = 0
-        self._f: Any = None
-        self._rest = b""
-
-    def poll(self) -> int:
-        if self._f is None:
-            try:
-                self._f = open(self.path, "rb")  # noqa: SIM115 - closed by close()
-            except FileNotFoundError:
-                return 0
-        data = self._f.read()
-        if data:
-            buf = self._rest + data
-            cut = buf.rfind(b"\n") + 1
-            self._rest = buf[cut:]
-            if self.prefix is None:
-                self.count += buf.count(b"\n", 0, cut)
-            else:
-                # ``buf`` begins at a line start.
-                self.count += buf.count(b"\n" + self.prefix, 0, cut) + (
-                    1 if cut and buf.startswith(self.prefix) else 0
-                )
-        return self.count
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-
-
 def first_stamp(path: Path, parse: Callable[[bytes], tuple[str, str] | None]) -> float | None:
     """The earliest engine stamp among the output's first lines (when writing began)."""
     best = None
@@ -1427,7 +1394,7 @@ async def bulk_run(
     reader = Reader(source, workdir, ctx)
     expected = c * lines
     result: dict[str, Any] = {"reader": kind}
-    counter = LineCounter(reader.output, None if kind == "fluent-bit" else b'{"kind":"log"')
+    tail = RecordTail(reader.output, None if kind == "fluent-bit" else RecordTail.LOG)
     try:
         await wait_quiet(engine, args.quiet_wait)
         specs = [throughput.writer_command(i, lines) for i in range(c)]
@@ -1454,24 +1421,21 @@ async def bulk_run(
             result["followed_before_writing"] = len(followed)
         meter = CpuMeter(reader=pid, dockerd=dockerd_pid()).start()
         deadline = time.time() + max(120.0, expected / 5_000)
-        last, last_change = -1, time.time()
-        while True:
-            count = counter.poll()
-            now = time.time()
-            if count >= expected:
-                break
-            if count != last:
-                last, last_change = count, now
-            elif now - last_change > 30 or now > deadline:
-                log(f"  bulk {kind}: stalled at {count:,}/{expected:,}")
-                break
-            reader.check_alive()
-            await asyncio.sleep(0.01)
-        t_end = now if count >= expected else last_change
-        used = meter.stop()
+        used: dict[str, float] = {}
+
+        def paused() -> None:
+            nonlocal used
+            used = meter.stop()
+
+        def give_up(quiet: float) -> str | None:
+            stalled = quiet > 30 or time.time() > deadline
+            return f"  bulk {kind}: stalled" if stalled else None
+
+        t_end = await watch_output(tail, expected, paused, give_up, reader.check_alive)
+        count = tail.logs
         result["peak_rss_mb"] = peak_rss_mb(pid)
         begin = first_stamp(reader.output, reader.parse) or (t_started + delay)
-        wall = t_end - begin
+        wall = (t_end or begin) - begin
         result.update(
             {
                 "lines": count,
@@ -1484,7 +1448,7 @@ async def bulk_run(
             }
         )
     finally:
-        counter.close()
+        tail.close()
         try:
             result["exit_code"] = await reader.stop()
         finally:

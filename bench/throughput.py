@@ -55,6 +55,7 @@ from bench.common import (
     table,
     thread_cpu_seconds,
     wait_quiet,
+    watch_output,
     within,
 )
 
@@ -324,33 +325,26 @@ async def agent_run(
         if profile is not None:
             profiler = _Profiler(agent.pid, profile)
             await asyncio.sleep(1.0)  # py-spy attaches
-        meter = CpuMeter(agent=agent.pid, dockerd=dockerd_pid())
+        meter = CpuMeter(agent=agent.pid, dockerd=dockerd_pid(), bench=os.getpid())
         threads_before = thread_cpu_seconds(agent.pid)
         meter.start()
-        t0 = time.perf_counter()
+        t0 = time.time()
         await engine.start_many(ids)
         deadline = t0 + phase_timeout(containers, lines)
-        last_count, last_change = -1, t0
-        while True:
-            now = time.perf_counter()
-            count = tail.poll()
-            if count >= expected:
-                break
-            if count != last_count:
-                last_count, last_change = count, now
-            elif now - last_change > stall_s or (
-                now - last_change > settle_s and set(ids) <= tail.event_ids("die")
-            ):
-                log(f"agent: no new record for {now - last_change:.1f} s at {count}/{expected}")
-                break
-            if now > deadline:
-                log(f"agent: timed out at {count}/{expected} records")
-                break
-            agent.check_alive()
-            await asyncio.sleep(0.01)
-        end = time.perf_counter() if count >= expected else last_change
-        used = meter.stop()
-        threads = thread_cpu_seconds(agent.pid)
+        used: dict[str, float] = {}
+        threads: dict[int, float] = {}
+
+        def paused() -> None:
+            nonlocal used, threads
+            used, threads = meter.stop(), thread_cpu_seconds(agent.pid)
+
+        def give_up(quiet: float) -> str | None:
+            if quiet > stall_s or (quiet > settle_s and set(ids) <= tail.event_ids("die")):
+                return f"agent: no new record for {quiet:.1f} s"
+            return "agent: timed out" if time.time() > deadline else None
+
+        end = await watch_output(tail, expected, paused, give_up, agent.check_alive)
+        count = tail.logs
         main_cpu = threads.get(agent.pid, 0.0) - threads_before.get(agent.pid, 0.0)
         result["main_thread_cpu_s"] = main_cpu
         result["other_threads_cpu_s"] = sum(
@@ -360,7 +354,7 @@ async def agent_run(
         if profiler is not None:
             profiler.stop()
             profiler = None
-        wall = end - t0
+        wall = max((end or t0) - t0, 1e-9)
         result.update(
             {
                 "wall_s": wall,
@@ -371,6 +365,7 @@ async def agent_run(
                 "cpu_s": used.get("agent"),
                 "cpu_s_per_mlines": used["agent"] / (count / 1e6) if count else None,
                 "dockerd_cpu_s": used.get("dockerd"),
+                "bench_cpu_s": used.get("bench"),
                 "machine_busy_pct": used.get("machine_busy_pct"),
             }
         )
@@ -453,7 +448,10 @@ async def run(args: argparse.Namespace, engine: BenchEngine) -> dict[str, Any]:
         log(f"throughput run {i + 1}/{args.runs}: floor, {c} containers x {n:,} lines")
         f = await measured(engine, args, "floor", lambda: floor_run(engine, c, n))
         floors.append(f)
-        log(f"  floor: {f['wall_s']:.2f} s, {f['lines_per_s']:,.0f} lines/s")
+        log(
+            f"  floor: {f['wall_s']:.2f} s, {f['lines_per_s']:,.0f} lines/s, "
+            f"CPU {f['cpu_s']:.2f} s, dockerd {f['dockerd_cpu_s']:.2f} s"
+        )
         await asyncio.sleep(1)
         log(f"throughput run {i + 1}/{args.runs}: agent")
         a = await measured(engine, args, "agent", lambda: agent_run(engine, c, n))
@@ -461,7 +459,8 @@ async def run(args: argparse.Namespace, engine: BenchEngine) -> dict[str, Any]:
         log(
             f"  agent: {a['wall_s']:.2f} s, {a['lines_per_s']:,.0f} lines/s, "
             f"lost {a['lost']}, dup {a['dup']}, unexpected {a['unexpected']}, "
-            f"exit {a['exit_code']}"
+            f"exit {a['exit_code']}, bench's poll CPU {a.get('bench_cpu_s') or 0:.2f} s, "
+            f"agent CPU {a['cpu_s']:.2f} s, dockerd {a['dockerd_cpu_s']:.2f} s"
         )
         await asyncio.sleep(1)
     result: dict[str, Any] = {
