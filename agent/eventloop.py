@@ -31,7 +31,7 @@ import select
 import selectors
 import time
 
-DEFAULT_WINDOW_SECONDS = 0.05
+DEFAULT_WINDOW_SECONDS = 0.1
 # A read of this many bytes at once is a stream that floods: no holds for a while.
 FLOWING_BYTES = 32 << 10
 FLOWING_SECONDS = 1.0
