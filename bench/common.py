@@ -352,15 +352,27 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         """CPU seconds per named process, plus ``machine_busy_pct``: how busy all CPUs
-        of the machine were together (100 = every core busy all the time)."""
+        of the machine were together (100 = every core busy all the time), and
+        ``machine_busy_s``: the CPU seconds of all of them (for a share of a shorter span
+        than the meter's, ``busy_pct``)."""
         end = self._read()
         busy, total = _system_ticks()
         self.used = {k: end[k] - self._start[k] for k in end if k in self._start}
+        self.used["machine_busy_s"] = (busy - self._system[0]) / CLK_TCK
         if total > self._system[1]:
             self.used["machine_busy_pct"] = (
                 100 * (busy - self._system[0]) / (total - self._system[1])
             )
         return self.used
+
+
+def busy_pct(used: dict[str, float], seconds: float) -> float | None:
+    """How busy all CPUs were together over ``seconds`` (100 = every core all the time),
+    from a ``CpuMeter`` that ran for longer but idle beyond them, as the agent's runs do:
+    their meter stops only after the output has stayed unchanged for a while."""
+    if "machine_busy_s" not in used or seconds <= 0:
+        return None
+    return min(100.0, 100 * used["machine_busy_s"] / ((os.cpu_count() or 1) * seconds))
 
 
 def add_quiet_argument(parser: Any) -> None:
